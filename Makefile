@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine:  make train  and  make test.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SHARED_TS := $(abspath ../shared/data/tinyshakespeare)
+# Offline preparation of TFDS's tiny_shakespeare when the raw file is at hand; otherwise TFDS downloads it.
+export LM_MANUAL_DIR ?= $(if $(wildcard $(SHARED_TS)/input.txt),$(SHARED_TS),)
+CONFIG ?= configs/pretrain_shakespeare.py
+WORKDIR ?= runs/shakespeare
+ARGS ?=
+
+.PHONY: install train test bench clean
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install
+	$(PY) launch.py --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
+
+test: install
+	$(PY) -m pytest -n 2 tests
+
+bench: install
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) runs

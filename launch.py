@@ -1,0 +1,68 @@
+"""Entry point: python launch.py --config=configs/<experiment>.py --workdir=runs/<name> [--config.a.b=v ...]
+
+Modes (by the config's `mode`, default "train"): train (any objective), sample (from a run's checkpoint).
+`--dry_run` compiles the train step for the mesh without allocating weights and prints sizes and memory.
+Bad input (unknown config key, bad value, missing file, corrupt data) ends with one line on stderr, exit 2.
+"""
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, tb/, checkpoints/.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile for the mesh and print params, FLOPs and memory; no training.")
+_OVERRIDE = flags.DEFINE_bool("override_config", False, "Continue a workdir whose saved config differs.")
+_COORD = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+
+
+def fail(message: str, status: int = 2):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # unknown --config.x key, bad value, unreadable config file
+    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def main(argv):
+  del argv
+  from lm.errors import UserError
+  try:
+    config = _CONFIG.value
+    if config is None:
+      fail("--config is required, e.g. --config=configs/pretrain_shakespeare.py")
+    if _COORD.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+      import jax
+      jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
+                                 process_id=_PID.value)
+    mode = config.get("mode", "train")
+    if _DRY_RUN.value:
+      from lm import dry_run
+      dry_run.run(config)
+    elif mode == "sample":
+      from lm import sample
+      sample.run(config)
+    elif mode == "train":
+      if not _WORKDIR.value:
+        fail("--workdir is required for training, e.g. --workdir=runs/shakespeare")
+      from lm import train
+      result = train.run(config, _WORKDIR.value, allow_config_change=_OVERRIDE.value)
+      if result:
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    else:
+      fail(f"config mode={mode!r} is unknown; use train or sample")
+  except UserError as e:
+    fail(str(e))
+
+
+if __name__ == "__main__":
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  app.run(main, flags_parser=parse_flags)

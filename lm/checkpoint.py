@@ -1,0 +1,108 @@
+"""Orbax checkpoints: atomic saves, keep the last N (plus the best by an eval metric), fall back past corrupt ones.
+
+A checkpoint holds `state` (params, optimizer state, step, RNG: any pytree of arrays, sharded or not) and
+`meta` (JSON: data-iterator state, metrics, config fingerprint). Orbax writes each step to a temporary
+directory and renames it when complete, so a crash mid-save leaves the previous checkpoint as the latest.
+"""
+import logging
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from lm.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+
+  def __init__(self, directory, keep: int = 3, best_metric: str = "", async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+    if best_metric:  # lower is better (a loss or bits per byte)
+      policies.append(ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[best_metric], reverse=True, n=1,
+                                                    keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        create=True, enable_async_checkpointing=async_save,
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self):
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state, meta: dict, metrics: dict | None = None):
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)),
+                      metrics=metrics, force=True)
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def restore(self, step: int, abstract_state):
+    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                             meta=ocp.args.JsonRestore()))
+    return out["state"], dict(out["meta"])
+
+  def restore_latest(self, abstract_state):
+    """(state, meta) of the newest readable checkpoint, or None. Unreadable ones are skipped, with a warning."""
+    for step in reversed(self.steps()):
+      try:
+        return self.restore(step, abstract_state)
+      except Exception as e:  # a half-copied or corrupted directory: use the previous one
+        log.warning("checkpoint %s/%d is unreadable (%s: %s); falling back to an earlier one",
+                    self.directory, step, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+    return None
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract(tree, shardings=None):
+  """ShapeDtypeStructs (with shardings) that tell Orbax the layout to restore into."""
+  if shardings is None:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def checkpoint_dir(path: str) -> str:
+  """Accept a run directory (holding checkpoints/) or a checkpoints directory."""
+  sub = os.path.join(path, "checkpoints")
+  if os.path.isdir(sub):
+    return sub
+  if os.path.isdir(path):
+    return path
+  raise UserError(f"checkpoint: no such run or checkpoint directory {path!r}")
+
+
+def load_params(path: str, abstract_params):
+  """Params of the newest readable checkpoint under `path`, restored into `abstract_params`' layout."""
+  ckpt = Checkpointer(checkpoint_dir(path), async_save=False)
+  try:
+    if not ckpt.steps():
+      raise UserError(f"checkpoint: {path!r} holds no checkpoints")
+    step = ckpt.steps()[-1]
+    meta = ckpt.manager.item_metadata(step)
+    saved = meta["state"]["params"] if meta is not None and meta.get("state") is not None else None
+    if saved is not None:
+      _check_shapes(path, saved, abstract_params)
+    restored = ckpt.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item={"params": abstract_params},
+                                     restore_args=ocp.checkpoint_utils.construct_restore_args(
+                                         {"params": abstract_params})),
+    ))
+    return restored["state"]["params"]
+  finally:
+    ckpt.close()
+
+
+def _check_shapes(path, saved, wanted):
+  saved_flat = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(saved)}
+  wanted_flat = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(wanted)}
+  for key, shape in wanted_flat.items():
+    if key not in saved_flat:
+      raise UserError(f"checkpoint {path!r} has no param {key}: it was trained with another model config")
+    if saved_flat[key] != shape:
+      raise UserError(f"checkpoint {path!r} param {key} has shape {saved_flat[key]} but the model wants {shape}: "
+                      "set --config.model.* to the checkpoint's model")

@@ -1,0 +1,142 @@
+"""TFDS sources: catalog datasets (tiny_shakespeare, ...) and a builder for a local folder of text files.
+
+Datasets are prepared once as array_record and read with `tfds.data_source` (random access, no TensorFlow at
+train time). Preparation runs on process 0 while the others wait. Offline preparation: put the raw files in a
+manual dir (`data.manual_dir` or $LM_MANUAL_DIR; for tiny_shakespeare the folder holding input.txt).
+"""
+import glob
+import hashlib
+import os
+
+import tensorflow_datasets as tfds
+
+from lm.errors import UserError
+
+
+def data_dir(data_cfg) -> str:
+  return os.path.expanduser(data_cfg.get("tfds_dir") or os.environ.get("LM_TFDS_DIR")
+                            or "~/tensorflow_datasets")
+
+
+def manual_dir(data_cfg) -> str:
+  return data_cfg.get("manual_dir") or os.environ.get("LM_MANUAL_DIR", "")
+
+
+def _sync(tag: str):
+  import jax
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(tag)
+
+
+def prepared(builder, prepare_fn):
+  """Run prepare_fn on process 0 if the builder has no data yet; every process returns after it is ready."""
+  import jax
+  if jax.process_index() == 0 and not _is_prepared(builder):
+    prepare_fn()
+  _sync(f"tfds prepare {builder.name}")
+
+
+def _is_prepared(builder) -> bool:
+  try:
+    return builder.is_prepared()
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def catalog_source(data_cfg, split: str):
+  """A TFDS catalog dataset (e.g. tiny_shakespeare), split as TFDS defines it."""
+  name = data_cfg.name
+  ddir = data_dir(data_cfg)
+  try:
+    builder = tfds.builder(name, data_dir=ddir, file_format="array_record")
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(f"data.name={name!r} is not a TFDS dataset; use a catalog name or 'text_folder'") from None
+  mdir = manual_dir(data_cfg)
+
+  def prepare():
+    if mdir and not os.path.isdir(mdir):
+      raise UserError(f"data.manual_dir={mdir!r} does not exist; point it (or $LM_MANUAL_DIR) at the raw files")
+    config = tfds.download.DownloadConfig(manual_dir=mdir) if mdir else None
+    try:
+      builder.download_and_prepare(download_config=config)
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError(f"could not prepare TFDS dataset {name!r} in {ddir} (manual dir {mdir or 'unset'}): "
+                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+  prepared(builder, prepare)
+  return _data_source(builder, split)
+
+
+def _data_source(builder, split):
+  if split not in builder.info.splits:
+    raise UserError(f"dataset {builder.name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
+  return builder.as_data_source(split=split)
+
+
+class TextFolder(tfds.core.GeneratorBasedBuilder):
+  """Every *.txt file under a folder is one document; each file's last tenth (at a line break) is validation."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, *, folder: str, **kwargs):
+    self._folder = folder
+    super().__init__(**kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate("train"), "validation": self._generate("validation")}
+
+  def _generate(self, split):
+    for path in text_files(self._folder):
+      data = read_text(path)
+      cut = data.rfind(b"\n", 0, int(len(data) * 0.9)) + 1 if len(data) > 1 else len(data)
+      part = data[:cut] if split == "train" else data[cut:]
+      if part:
+        yield path, {"text": part}
+
+
+def text_files(folder: str) -> list:
+  if not os.path.isdir(folder):
+    raise UserError(f"data.path={folder!r} is not a directory of text files")
+  files = sorted(glob.glob(os.path.join(folder, "**", "*.txt"), recursive=True))
+  if not files:
+    raise UserError(f"data.path={folder!r} holds no *.txt files")
+  return files
+
+
+def read_text(path: str) -> bytes:
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise UserError(f"cannot read {path}: {e.strerror}") from None
+  try:
+    data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise UserError(f"{path}: byte {e.start} is not UTF-8 text; convert the file (e.g. iconv -t utf-8) "
+                    "or remove it from the folder") from None
+  return data
+
+
+def text_folder_source(data_cfg, split: str):
+  folder = os.path.abspath(data_cfg.path or "")
+  files = text_files(folder)
+  # The prepared copy is keyed by the folder's contents, so editing a file re-prepares it.
+  h = hashlib.sha1()
+  for p in files:
+    st = os.stat(p)
+    h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+  builder = TextFolder(folder=folder, data_dir=os.path.join(data_dir(data_cfg), "text_folder", h.hexdigest()[:12]),
+                       file_format="array_record")
+  prepared(builder, builder.download_and_prepare)
+  return _data_source(builder, split)
+
+
+def source(data_cfg, split: str):
+  """Random-access source of {'text': bytes} examples."""
+  if data_cfg.name == "text_folder":
+    return text_folder_source(data_cfg, split)
+  return catalog_source(data_cfg, split)

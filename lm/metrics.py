@@ -1,0 +1,64 @@
+"""One metrics schema for every stage: JSONL (one object per event) plus TensorBoard, written by process 0.
+
+Every event has `step` and `split` ("train" or "eval"); `loss` is nats per token.
+"""
+import json
+import os
+
+import jax
+import numpy as np
+
+
+def _plain(v):
+  if isinstance(v, (np.generic, np.ndarray)) or hasattr(v, "dtype"):
+    v = np.asarray(v).item() if np.asarray(v).size == 1 else np.asarray(v).tolist()
+  return v
+
+
+class Writer:
+
+  def __init__(self, workdir: str, resume_step: int | None = None):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    if resume_step is not None:
+      truncate_after(self.path, resume_step)
+    elif os.path.exists(self.path):
+      os.remove(self.path)
+    from tensorboardX import SummaryWriter  # only process 0 needs it
+    self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, step: int, split: str, metrics: dict):
+    if not self.enabled:
+      return
+    event = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(event) + "\n")
+    for k, v in event.items():
+      if k not in ("step", "split") and isinstance(v, (int, float)):
+        self._tb.add_scalar(f"{split}/{k}", v, int(step))
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def truncate_after(path: str, step: int):
+  """A resumed run drops the events logged after its checkpoint, so the file reads as one straight run."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+
+
+def read(workdir: str, split: str | None = None) -> list:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    events = [json.loads(line) for line in f if line.strip()]
+  return [e for e in events if split is None or e["split"] == split]

@@ -1,0 +1,263 @@
+"""Decoder-only transformer in Flax Linen: GPT-2 style and Llama/Mistral style behind config switches.
+
+Params carry logical axis names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`); activations carry
+`batch`, `length`, `act_*` names. Only `lm/sharding.py` maps names to mesh axes.
+
+Attention masking is positional, so one code path serves training, packed rows and KV-cache decoding: a query
+at (position p, segment s) sees a key at (position q, segment s') iff s == s' != 0, q <= p and, with a sliding
+window w, p - q < w. Segment 0 marks padding and empty cache slots.
+"""
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+REMAT_POLICIES = {
+    "full": None,  # recompute everything in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  d_ff: int
+  max_len: int
+  norm: str = "layernorm"  # layernorm | rmsnorm
+  mlp: str = "gelu"  # gelu | swiglu
+  position: str = "learned"  # learned | rope
+  rope_theta: float = 10000.0
+  use_bias: bool = False
+  tie_embeddings: bool = True
+  sliding_window: int = 0  # 0: full causal attention
+  dropout: float = 0.0
+  norm_eps: float = 1e-5
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: str = "none"  # none | full | dots | dots_no_batch
+  attention_impl: str = "xla"  # xla | cudnn (cudnn: unpacked causal training only)
+
+  @classmethod
+  def from_config(cls, model_cfg) -> "ModelConfig":
+    d = dict(model_cfg)
+    d["n_kv_heads"] = d.get("n_kv_heads") or d["n_heads"]
+    d["d_ff"] = d.get("d_ff") or 4 * d["d_model"]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+
+def _init(std, axes):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+def _norm(cfg: ModelConfig, name: str):
+  scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
+  if cfg.norm == "rmsnorm":
+    return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
+                      scale_init=scale_init, name=name)
+  return nn.LayerNorm(epsilon=cfg.norm_eps, use_bias=cfg.use_bias, dtype=DTYPES[cfg.dtype],
+                      param_dtype=DTYPES[cfg.param_dtype], scale_init=scale_init,
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), name=name)
+
+
+def rope(x, positions, theta):
+  """Rotary embedding (rotate-half form) of x [B, T, H, D] at integer positions [B, T]."""
+  d = x.shape[-1]
+  freqs = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+  angles = positions[..., None].astype(jnp.float32) * freqs  # [B, T, D/2]
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def attention_mask(q_pos, q_seg, kv_pos, kv_seg, window: int):
+  """[B, 1, T, S] boolean mask; see the module docstring."""
+  same = (q_seg[:, :, None] == kv_seg[:, None, :]) & (kv_seg[:, None, :] != 0)
+  causal = kv_pos[:, None, :] <= q_pos[:, :, None]
+  mask = same & causal
+  if window:
+    mask &= (q_pos[:, :, None] - kv_pos[:, None, :]) < window
+  return mask[:, None, :, :]
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  def _proj(self, name, x, eq, shape, axes, std):
+    """Einsum projection; kernels keep their multi-dimensional (heads, head_dim) shape and logical names."""
+    cfg = self.cfg
+    kernel = self.param(name, _init(std, axes), shape, DTYPES[cfg.param_dtype])
+    y = jnp.einsum(eq, x, kernel.astype(DTYPES[cfg.dtype]))
+    if cfg.use_bias:
+      n_out = len(shape) - (2 if eq.endswith("hkd->btd") else 1)
+      bias = self.param(name + "_bias", nn.with_logical_partitioning(nn.initializers.zeros, axes[-n_out:]),
+                        shape[-n_out:], DTYPES[cfg.param_dtype])
+      y = y + bias.astype(y.dtype)
+    return y
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids, layer_cache, kv_pos, kv_seg, cache_index):
+    cfg = self.cfg
+    x = x.astype(DTYPES[cfg.dtype])
+    std, d, hd = 0.02, cfg.d_model, cfg.head_dim
+    q = self._proj("q", x, "btd,dhk->bthk", (d, cfg.n_heads, hd), ("embed", "heads", "head_dim"), std)
+    k = self._proj("k", x, "btd,dhk->bthk", (d, cfg.n_kv_heads, hd), ("embed", "kv_heads", "head_dim"), std)
+    v = self._proj("v", x, "btd,dhk->bthk", (d, cfg.n_kv_heads, hd), ("embed", "kv_heads", "head_dim"), std)
+    if cfg.position == "rope":
+      q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+    q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
+    k = nn.with_logical_constraint(k, ("batch", "length", "act_kv_heads", "head_dim"))
+
+    new_cache = None
+    if layer_cache is None:
+      kv_pos, kv_seg = positions, segment_ids
+    else:  # write this step's keys/values at cache_index, then attend over the whole cache
+      k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, cache_index, 0, 0))
+      v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, cache_index, 0, 0))
+      new_cache = {"k": k, "v": v}
+      k, v = k.astype(q.dtype), v.astype(q.dtype)
+
+    if cfg.attention_impl == "cudnn" and layer_cache is None:
+      out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn",
+                                         local_window_size=(cfg.sliding_window - 1, 0) if cfg.sliding_window else None)
+    else:
+      mask = attention_mask(positions, segment_ids, kv_pos, kv_seg, cfg.sliding_window)
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "head_dim"))
+    out = self._proj("o", out, "bthk,hkd->btd", (cfg.n_heads, hd, d), ("heads", "head_dim", "embed"),
+                     std / (2 * cfg.n_layers) ** 0.5)
+    return out, new_cache
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    dense = functools.partial(nn.Dense, use_bias=cfg.use_bias, dtype=DTYPES[cfg.dtype],
+                              param_dtype=DTYPES[cfg.param_dtype])
+    if cfg.mlp == "swiglu":
+      gate = dense(cfg.d_ff, kernel_init=_init(0.02, ("embed", "mlp")), name="gate")(x)
+      up = dense(cfg.d_ff, kernel_init=_init(0.02, ("embed", "mlp")), name="up")(x)
+      h = nn.silu(gate) * up
+    else:
+      h = nn.gelu(dense(cfg.d_ff, kernel_init=_init(0.02, ("embed", "mlp")), name="up")(x))
+    h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
+    return dense(cfg.d_model, kernel_init=_init(0.02 / (2 * cfg.n_layers) ** 0.5, ("mlp", "embed")),
+                 name="down")(h)
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids, layer_cache, kv_pos, kv_seg, cache_index):
+    cfg = self.cfg
+    drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic or cfg.dropout == 0.0)
+    h, new_cache = Attention(cfg, name="attn")(_norm(cfg, "ln_attn")(x), positions, segment_ids, layer_cache,
+                                               kv_pos, kv_seg, cache_index)
+    x = x + drop(h)
+    x = x + drop(Mlp(cfg, name="mlp")(_norm(cfg, "ln_mlp")(x)))
+    return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), new_cache
+
+
+class Transformer(nn.Module):
+  """apply(params, tokens, positions=None, segment_ids=None, cache=None) -> (logits float32, new cache).
+
+  tokens, positions, segment_ids: [B, T] int32. With a cache (see `init_cache`), the T new tokens are written
+  at slots cache["index"]..+T and attend to everything valid in the cache.
+  `return_hidden=True` also returns the final hidden states (for value and reward heads).
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens, positions=None, segment_ids=None, cache=None, deterministic=True,
+               return_hidden=False):
+    cfg = self.cfg
+    b, t = tokens.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if segment_ids is None:
+      segment_ids = jnp.ones((b, t), jnp.int32)
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
+                     embedding_init=_init(0.02, ("vocab", "embed")), name="embed")
+    x = embed(tokens)
+    if cfg.position == "learned":
+      pos_embed = self.param("pos_embed", _init(0.02, ("pos", "embed")), (cfg.max_len, cfg.d_model),
+                             DTYPES[cfg.param_dtype])
+      x = x + jnp.take(pos_embed, positions, axis=0).astype(x.dtype)
+    x = nn.Dropout(cfg.dropout, deterministic=deterministic or cfg.dropout == 0.0)(x)
+    x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+
+    kv_pos = kv_seg = index = None
+    if cache is not None:
+      index = cache["index"]
+      kv_pos = jax.lax.dynamic_update_slice(cache["pos"], positions, (0, index))
+      kv_seg = jax.lax.dynamic_update_slice(cache["seg"], segment_ids, (0, index))
+    block = Block
+    if cfg.remat != "none":
+      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=True)
+    new_layers = []
+    for i in range(cfg.n_layers):
+      layer_cache = None if cache is None else cache["layers"][i]
+      x, c = block(cfg, deterministic, name=f"layer_{i}")(x, positions, segment_ids, layer_cache, kv_pos, kv_seg,
+                                                          index)
+      new_layers.append(c)
+    hidden = _norm(cfg, "ln_final")(x)
+    if cfg.tie_embeddings:
+      logits = embed.attend(hidden)
+    else:
+      logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=DTYPES[cfg.dtype],
+                        param_dtype=DTYPES[cfg.param_dtype], kernel_init=_init(0.02, ("embed", "vocab")),
+                        name="lm_head")(hidden)
+    logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+    new_cache = None
+    if cache is not None:
+      new_cache = {"index": index + t, "pos": kv_pos, "seg": kv_seg, "layers": new_layers}
+    if return_hidden:
+      return logits, new_cache, hidden
+    return logits, new_cache
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None):
+  """Empty KV cache for `length` slots: segment 0 marks a slot as empty."""
+  dtype = DTYPES[cfg.dtype] if dtype is None else dtype
+  shape = (batch, length, cfg.n_kv_heads, cfg.head_dim)
+  return {
+      "index": jnp.zeros((), jnp.int32),
+      "pos": jnp.zeros((batch, length), jnp.int32),
+      "seg": jnp.zeros((batch, length), jnp.int32),
+      "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layers)],
+  }
+
+
+def build(model_cfg) -> Transformer:
+  return Transformer(ModelConfig.from_config(model_cfg))
+
+
+def count_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Training FLOPs per token: 6 x matmul params plus attention (PaLM appendix B convention)."""
+  attn = cfg.d_model * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
+  mlp = cfg.d_model * cfg.d_ff * (3 if cfg.mlp == "swiglu" else 2)
+  head = cfg.d_model * cfg.vocab_size
+  n = cfg.n_layers * (attn + mlp) + head
+  ctx = min(seq_len, cfg.sliding_window) if cfg.sliding_window else seq_len
+  return 6.0 * n + 12.0 * cfg.n_layers * cfg.d_model * ctx

@@ -1,0 +1,41 @@
+"""Shared fixtures. Tests run offline: TFDS's tiny_shakespeare is prepared from ../shared/data/tinyshakespeare."""
+import fcntl
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+os.environ.setdefault("LM_TFDS_DIR", str(ROOT / ".tfds"))
+os.environ.setdefault("LM_MANUAL_DIR", str((ROOT / ".." / "shared" / "data" / "tinyshakespeare").resolve()))
+
+
+def tiny_config(**overrides):
+  """The default config shrunk to a tiny, fast model; overrides use dotted keys."""
+  from configs import base
+  c = base.get_config()
+  c.model.update(d_model=32, n_layers=2, n_heads=4, max_len=32)
+  c.data.seq_len = 32
+  c.train.update(steps=10, batch_size=8, warmup_steps=2, log_every=1, progress=False)
+  c.eval.update(every=5, batch_size=8, max_batches=2, sample_tokens=0)
+  c.checkpoint.update(every=5, keep=3)
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+@pytest.fixture(scope="session")
+def shakespeare():
+  """Prepare tiny_shakespeare once per machine (a file lock keeps parallel workers from racing)."""
+  from configs import base
+  from lm.data import sources
+  data_cfg = base.get_config().data
+  os.makedirs(os.environ["LM_TFDS_DIR"], exist_ok=True)
+  with open(os.path.join(os.environ["LM_TFDS_DIR"], ".prepare.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    sources.source(data_cfg, "train")
+  return data_cfg
