@@ -73,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
   ms.data = -1  # -1: all devices not used by the other axes
   ms.fsdp = 1
   ms.tensor = 1
+  ms.num_devices = 0  # 0: every visible device; N: the first N
   # Logical axis -> mesh axes. Params use the plain names, activations the act_* names, so a tensor
   # dimension is never sharded twice over one mesh axis.
   ms.rules = ml_collections.ConfigDict(dict(

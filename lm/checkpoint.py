@@ -9,6 +9,7 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from lm.errors import UserError
 
@@ -83,14 +84,16 @@ def load_params(path: str, abstract_params):
     if not ckpt.steps():
       raise UserError(f"checkpoint: {path!r} holds no checkpoints")
     step = ckpt.steps()[-1]
-    meta = ckpt.manager.item_metadata(step)
-    saved = meta["state"]["params"] if meta is not None and meta.get("state") is not None else None
+    # The manager's item_metadata is None for "state" until a handler is registered, so read the tree directly.
+    meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(ckpt.directory) / str(step) / "state")
+    saved = meta.get("params") if meta is not None else None
     if saved is not None:
       _check_shapes(path, saved, abstract_params)
     restored = ckpt.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(item={"params": abstract_params},
                                      restore_args=ocp.checkpoint_utils.construct_restore_args(
-                                         {"params": abstract_params})),
+                                         {"params": abstract_params}),
+                                     partial_restore=True),  # params only: skip opt_state, step, rng
     ))
     return restored["state"]["params"]
   finally:

@@ -73,9 +73,8 @@ def validate(config):
 
 def _validate_mesh(config):
   """Divisibility of heads, vocab, width and batch by the mesh axes their rules shard them over."""
-  import jax
   from lm import sharding
-  shape = dict(zip(sharding.AXES, sharding.mesh_shape(config.mesh, jax.device_count())))
+  shape = dict(zip(sharding.AXES, sharding.mesh_shape(config.mesh, len(sharding.mesh_devices(config.mesh)))))
   rules = dict(sharding.rules(config.mesh))
   m = config.model
   sizes = {"heads": m.n_heads, "kv_heads": m.n_kv_heads or m.n_heads, "vocab": m.vocab_size, "embed": m.d_model,

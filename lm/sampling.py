@@ -37,10 +37,12 @@ def sample_token(logits, rng, temperature: float, top_k: int = 0, top_p: float =
   return tok, jnp.take_along_axis(logp, tok[:, None], -1)[:, 0]
 
 
-def left_pad(prompts, pad_id: int):
-  """list of 1-D token arrays -> (tokens, positions, segment_ids), each [B, P]."""
+def left_pad(prompts, pad_id: int, length: int | None = None):
+  """list of 1-D token arrays -> (tokens, positions, segment_ids), each [B, P] (P = length or the longest)."""
   p = max(len(x) for x in prompts)
-  if p == 0:
+  if length is not None:
+    p = max(p, length)  # a fixed width lets callers reuse one compiled sampler for prompts of any length
+  if max(len(x) for x in prompts) == 0:
     raise UserError("sampling: every prompt is empty; give at least one token (e.g. BOS)")
   tokens = np.full((len(prompts), p), pad_id, np.int32)
   seg = np.zeros((len(prompts), p), np.int32)
@@ -80,13 +82,13 @@ def _generate(model, params, tokens, positions, segment_ids, rng, *, max_new_tok
 
 
 def generate(model, params, prompts, rng, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, eos_id: int = -1, pad_id: int = 0):
+             top_p: float = 1.0, eos_id: int = -1, pad_id: int = 0, prompt_len: int | None = None):
   """Sample continuations of `prompts` (list of 1-D int arrays).
 
   Returns dict: tokens [B, N] (pad after EOS), logprobs [B, N], mask [B, N] (True up to and including EOS),
   truncated [B] (no EOS within N tokens), and the padded prompt arrays used.
   """
-  tokens, positions, segment_ids = left_pad(prompts, pad_id)
+  tokens, positions, segment_ids = left_pad(prompts, pad_id, prompt_len)
   longest = int(positions.max()) + 1 + max_new_tokens
   if model.cfg.position == "learned" and longest > model.cfg.max_len:
     raise UserError(f"sampling: prompt ({longest - max_new_tokens} tokens) + {max_new_tokens} new tokens exceeds "

@@ -33,8 +33,17 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple:
   return tuple(sizes)
 
 
+def mesh_devices(mesh_cfg) -> list:
+  """All devices, or the first mesh.num_devices of them (e.g. a single-device reference run)."""
+  devices = jax.devices()
+  n = int(mesh_cfg.get("num_devices", 0) or 0)
+  if n > len(devices):
+    raise UserError(f"mesh.num_devices={n} but only {len(devices)} devices are visible")
+  return devices[:n] if n else devices
+
+
 def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
-  devices = jax.devices() if devices is None else devices
+  devices = mesh_devices(mesh_cfg) if devices is None else devices
   shape = mesh_shape(mesh_cfg, len(devices))
   return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 

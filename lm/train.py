@@ -52,8 +52,13 @@ def make_optimizer(t):
   return optimizer, schedule
 
 
-def make_train_step(loss_fn, optimizer, schedule, grad_accum: int = 1, skip_nonfinite: bool = False):
-  """state, batch -> state, metrics. With grad_accum > 1, the batch's rows are split into micro-batches."""
+def make_train_step(loss_fn, optimizer, schedule, grad_accum: int = 1, skip_nonfinite: bool = False,
+                    updates_per_step: int = 1):
+  """state, batch -> state, metrics. With grad_accum > 1, the batch's rows are split into micro-batches.
+
+  With updates_per_step > 1, the batch's rows are split into that many consecutive slices and each slice is one
+  optimizer update (PPO's epochs x minibatches over one rollout); the loop's step, and so resume, counts batches.
+  """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def step(state, batch):
@@ -85,11 +90,31 @@ def make_train_step(loss_fn, optimizer, schedule, grad_accum: int = 1, skip_nonf
                "finite": finite.astype(jnp.float32)}
     return new, metrics
 
-  return step
+  if updates_per_step == 1:
+    return step
+
+  def multi_step(state, batch):
+    chunks = jax.tree.map(lambda x: x.reshape(updates_per_step, x.shape[0] // updates_per_step, *x.shape[1:]), batch)
+
+    def body(s, xs):
+      i, chunk = xs
+      new, m = step({**s, "rng": jax.random.fold_in(state["rng"], i)}, chunk)
+      return {**new, "step": s["step"], "rng": s["rng"]}, m
+
+    new, ms = jax.lax.scan(body, state, (jnp.arange(updates_per_step), chunks))
+    return {**new, "step": state["step"] + 1}, jax.tree.map(lambda x: x.mean(0), ms)
+
+  return multi_step
 
 
 def _where(cond, a, b):
   return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def strip_boxes(tree):
+  """Logical-axis boxes -> plain values, without the sharding constraint nn.unbox applies under a mesh."""
+  return jax.tree.map(lambda x: x.value if isinstance(x, nn.LogicallyPartitioned) else x, tree,
+                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
 class Setup:
@@ -106,7 +131,7 @@ class Setup:
   def abstract_params(self, boxed=False):
     dummy = jnp.zeros((1, min(8, self.config.model.max_len)), jnp.int32)
     abstract = jax.eval_shape(lambda r: self.model.init(r, dummy)["params"], jax.random.PRNGKey(0))
-    return abstract if boxed else nn.unbox(abstract)
+    return abstract if boxed else strip_boxes(abstract)
 
   def param_shardings(self):
     return sharding.param_shardings(self.abstract_params(boxed=True), self.mesh, self.rules)
@@ -196,7 +221,8 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
     writer = metrics_lib.Writer(workdir, resume_step=start if restored is not None else None)
 
     train_step = jax.jit(make_train_step(objective.loss_fn, optimizer, schedule, t.grad_accum,
-                                         skip_nonfinite=t.nonfinite == "skip"),
+                                         skip_nonfinite=t.nonfinite == "skip",
+                                         updates_per_step=objective.updates_per_step),
                          in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                          out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
@@ -282,7 +308,8 @@ def sample_text(setup: Setup, params, prompt: str, n_tokens: int, rng, temperatu
     context = (ids + out)[-(max_len - chunk):]
     rng, sub = jax.random.split(rng)
     res = sampling.generate(setup.model, params, [np.asarray(context, np.int32)], sub, min(chunk, n_tokens - len(out)),
-                            temperature=temperature, top_k=top_k, eos_id=tok.eos_id, pad_id=tok.pad_id)
+                            temperature=temperature, top_k=top_k, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                            prompt_len=max_len - chunk)
     new = np.asarray(res["tokens"][0])[np.asarray(res["mask"][0])].tolist()
     out += new
     if not new or new[-1] == tok.eos_id:

@@ -24,6 +24,9 @@ class Objective:
   # Optional host-side state that must survive a restart (JSON-able), e.g. an adaptive KL coefficient.
   get_state: Optional[Callable[[], Any]] = None
   set_state: Optional[Callable[[Any], None]] = None
+  # Optimizer updates per batch: the train step splits the batch's rows into this many consecutive slices
+  # (PPO's epochs x minibatches over one rollout, so one loop step is one rollout and resume stays exact).
+  updates_per_step: int = 1
 
 
 def names() -> list:

@@ -1,0 +1,1 @@
+"""Policy-gradient pieces shared by lm/objectives/policy_gradient.py: rollouts, advantages, KL, losses."""

@@ -1,0 +1,78 @@
+"""Run in a subprocess with 8 simulated devices (XLA_FLAGS set by the caller): train a tiny model for 5 steps on
+several meshes and report losses and whether every param / optimizer-state array has its rule's sharding."""
+import json
+import sys
+import tempfile
+
+import jax
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
+from lm import metrics, sharding, train  # noqa: E402
+from tests.conftest import tiny_config  # noqa: E402
+
+MESHES = {"single": (1, 1, 1, 1), "data8": (8, 1, 1, 0), "fsdp8": (1, 8, 1, 0), "tensor8": (1, 1, 8, 0),
+          "2x2x2": (2, 2, 2, 0)}
+
+
+def config(mesh):
+  data, fsdp, tensor, n = MESHES[mesh]
+  return tiny_config(**{"model.d_model": 64, "model.n_heads": 8, "model.d_ff": 128, "train.steps": 5,
+                        "train.batch_size": 8, "eval.every": 1000, "eval.batch_size": 8, "eval.max_batches": 1,
+                        "checkpoint.every": 1000, "mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor,
+                        "mesh.num_devices": n})
+
+
+def expected_spec(logical, rules):
+  table = dict(rules)
+  return P(*[table.get(name) for name in logical])
+
+
+def check_shardings(cfg):
+  import flax.linen as nn
+  setup = train.Setup(cfg)
+  with sharding.use(setup.mesh, setup.rules):
+    from lm.objectives import Objective
+    opt, _ = train.make_optimizer(cfg.train)
+    state = train.init_state(setup, opt, Objective(loss_fn=None, batches=None))
+    logical = nn.get_partition_spec(setup.abstract_params(boxed=True))
+    bad = []
+    flat_state = jax.tree_util.tree_leaves_with_path(state["params"])
+    flat_logical = jax.tree.leaves(logical, is_leaf=lambda x: isinstance(x, P))
+    for (path, arr), spec in zip(flat_state, flat_logical):
+      want = expected_spec(spec, setup.rules)
+      if arr.sharding.spec != want and tuple(arr.sharding.spec) + (None,) * (len(want) - len(arr.sharding.spec)) != tuple(want):
+        bad.append(f"param {jax.tree_util.keystr(path)}: {arr.sharding.spec} != {want}")
+    # Adam moments: every leaf shaped like a param must carry that param's sharding.
+    by_path = {jax.tree_util.keystr(p): a.sharding.spec for p, a in flat_state}
+    checked = 0
+    for path, arr in jax.tree_util.tree_leaves_with_path(state["opt_state"]):
+      key = jax.tree_util.keystr(path)
+      for pkey, spec in by_path.items():
+        if key.endswith(pkey):
+          checked += 1
+          if arr.sharding.spec != spec:
+            bad.append(f"opt {key}: {arr.sharding.spec} != {spec}")
+          break
+    if checked != 2 * len(by_path):  # Adam's mu and nu for every param
+      bad.append(f"checked {checked} moment arrays for {len(by_path)} params")
+    sharded_dims = sum(arr.sharding.shard_shape(arr.shape) != arr.shape for _, arr in flat_state)
+    return bad, sharded_dims
+
+
+def main():
+  out = {}
+  for mesh in MESHES:
+    cfg = config(mesh)
+    with tempfile.TemporaryDirectory() as d:
+      train.run(cfg, d)
+      losses = [e["loss"] for e in metrics.read(d, "train")]
+    bad, sharded_params = check_shardings(cfg)
+    out[mesh] = {"losses": losses, "bad_shardings": bad, "sharded_params": sharded_params,
+                 "devices": jax.device_count()}
+  print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()
