@@ -61,6 +61,14 @@ def main(argv):
       fail(f"config mode={mode!r} is unknown; use train or sample")
   except UserError as e:
     fail(str(e))
+  except train_preempted() as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(143)
+
+
+def train_preempted():
+  from lm.train import Preempted
+  return Preempted
 
 
 if __name__ == "__main__":

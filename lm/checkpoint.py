@@ -6,6 +6,7 @@ directory and renames it when complete, so a crash mid-save leaves the previous 
 """
 import logging
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -46,13 +47,26 @@ class Checkpointer:
     return out["state"], dict(out["meta"])
 
   def restore_latest(self, abstract_state):
-    """(state, meta) of the newest readable checkpoint, or None. Unreadable ones are skipped, with a warning."""
+    """(state, meta) of the newest readable checkpoint, or None.
+
+    An unreadable one is renamed to `<step>.unreadable` (kept for inspection, never reused) with a warning,
+    and the one before it is tried.
+    """
     for step in reversed(self.steps()):
       try:
         return self.restore(step, abstract_state)
-      except Exception as e:  # a half-copied or corrupted directory: use the previous one
+      except Exception as e:  # pylint: disable=broad-except  (half-copied or corrupted: use the previous one)
+        reason = (str(e).splitlines() or [""])[0][:200]
         log.warning("checkpoint %s/%d is unreadable (%s: %s); falling back to an earlier one",
-                    self.directory, step, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+                    self.directory, step, type(e).__name__, reason)
+        print(f"warning: checkpoint {self.directory}/{step} is unreadable ({type(e).__name__}); moved it to "
+              f"{step}.unreadable and fell back to an earlier one", file=sys.stderr)
+        if jax.process_index() == 0:
+          os.replace(os.path.join(self.directory, str(step)), os.path.join(self.directory, f"{step}.unreadable"))
+        if jax.process_count() > 1:
+          from jax.experimental import multihost_utils
+          multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        self.manager.reload()
     return None
 
   def close(self):

@@ -36,6 +36,20 @@ class NonFiniteError(UserError):
   pass
 
 
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint was saved. launch.py exits with status 143 so schedulers requeue the job."""
+
+
+# Fault injection for the resume tests: "step:N", "save:N" (SIGKILL right after dispatching step N, or while
+# checkpoint N is being written) or "term:N" (SIGTERM after step N).
+_FAULT = os.environ.get("LM_FAULT_AT", "")
+
+
+def _fault(where: str, step: int):
+  if _FAULT == f"{where}:{step}":
+    os.kill(os.getpid(), signal.SIGTERM if where == "term" else signal.SIGKILL)
+
+
 def make_optimizer(t):
   decay_steps = t.decay_steps or t.steps
   if t.schedule == "constant":
@@ -251,6 +265,7 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
         batch = sharding.global_batch(objective.batches(step, state["params"]), mesh)
         state, m = train_step(state, batch)
         step += 1
+        _fault("step", step)
         t_steps += 1
         # Read the previous step's metrics only now, so the host never waits on the step it just dispatched.
         if pending is not None:
@@ -269,11 +284,15 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
         if eval_now:
           last_eval = evaluate_now(step)
           bar.write(f"step {step}: eval loss {last_eval['loss']:.4f}, bits/byte {last_eval['bits_per_byte']:.4f}")
+        _fault("term", step)
         if step % config.checkpoint.every == 0 or step == t.steps or preemption.requested:
+          _check_finite(step, jax.device_get(m), config, ckpt)  # never write a non-finite state
           save(step, last_eval if eval_now else None)
+          _fault("save", step)
         if preemption.requested:
-          bar.write(f"SIGTERM: saved a checkpoint at step {step} in {ckpt.directory}; rerun to resume")
-          break
+          ckpt.wait()
+          raise Preempted(f"SIGTERM: saved a checkpoint at step {step} in {ckpt.directory}; rerun the same "
+                          "command to resume")
       if pending is not None:
         _check_finite(*pending, config, ckpt)
       if config.eval.sample_tokens and jax.process_index() == 0 and step == t.steps:

@@ -39,3 +39,19 @@ def shakespeare():
     fcntl.flock(lock, fcntl.LOCK_EX)
     sources.source(data_cfg, "train")
   return data_cfg
+
+
+TINY_FLAGS = ["--config.model.d_model=32", "--config.model.n_layers=2", "--config.model.max_len=32",
+              "--config.data.seq_len=32", "--config.train.batch_size=8", "--config.train.warmup_steps=2",
+              "--config.train.log_every=1", "--config.train.progress=False", "--config.eval.batch_size=8",
+              "--config.eval.max_batches=1", "--config.eval.sample_tokens=0"]
+
+
+def launch(*args, env=None, config="configs/pretrain_shakespeare.py", tiny=True, timeout=600):
+  """Run launch.py in a subprocess; returns CompletedProcess (text)."""
+  import subprocess
+  import sys
+  full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+  full_env.pop("XLA_FLAGS", None)
+  cmd = [sys.executable, str(ROOT / "launch.py"), f"--config={config}", *(TINY_FLAGS if tiny else []), *args]
+  return subprocess.run(cmd, env=full_env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,106 @@
+"""The train loop end to end: exact resume after SIGKILL / SIGTERM / a corrupt checkpoint, NaN handling."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from lm import metrics
+from tests.conftest import launch
+
+RUN = ["--config.train.steps=30", "--config.eval.every=10", "--config.checkpoint.every=10"]
+
+
+def events(workdir):
+  """Metrics with wall-clock fields dropped: what must match bit for bit."""
+  return [{k: v for k, v in e.items() if k != "tokens_per_s"} for e in metrics.read(workdir)]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, shakespeare):
+  d = tmp_path_factory.mktemp("straight")
+  r = launch(f"--workdir={d}", *RUN)
+  assert r.returncode == 0, r.stderr[-2000:]
+  return d
+
+
+def test_straight_run_trains_and_writes_the_workdir(straight):
+  ev = events(straight)
+  train = [e for e in ev if e["split"] == "train"]
+  evals = [e for e in ev if e["split"] == "eval"]
+  assert [e["step"] for e in train] == list(range(1, 31))
+  assert [e["step"] for e in evals] == [10, 20, 30]
+  assert train[-1]["loss"] < train[0]["loss"] and all("lr" in e for e in train)
+  assert all(e["bits_per_byte"] > 0 for e in evals)
+  assert (straight / "config.json").exists() and (straight / "tb").is_dir()
+  assert sorted(os.listdir(straight / "checkpoints"), key=lambda s: int(s) if s.isdigit() else -1)[-3:] == \
+      ["10", "20", "30"]
+
+
+@pytest.mark.parametrize("fault", ["step:15", "save:20"])
+def test_sigkill_then_rerun_equals_straight_run(straight, tmp_path, fault):
+  killed = launch(f"--workdir={tmp_path}", *RUN, env={"LM_FAULT_AT": fault})
+  assert killed.returncode == -9
+  resumed = launch(f"--workdir={tmp_path}", *RUN)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert events(tmp_path) == events(straight)
+
+
+def test_sigterm_saves_a_checkpoint_then_resume_is_exact(straight, tmp_path):
+  r = launch(f"--workdir={tmp_path}", *RUN, env={"LM_FAULT_AT": "term:13"})
+  assert r.returncode == 143 and "saved a checkpoint at step 13" in r.stderr
+  assert "13" in os.listdir(tmp_path / "checkpoints")
+  r = launch(f"--workdir={tmp_path}", *RUN)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert events(tmp_path) == events(straight)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(straight, tmp_path):
+  # the straight run's workdir as it was at step 20 (checkpoints 10 and 20), then checkpoint 20 garbled
+  shutil.copytree(straight, tmp_path, dirs_exist_ok=True)
+  shutil.rmtree(tmp_path / "checkpoints" / "30")
+  metrics.truncate_after(str(tmp_path / "metrics.jsonl"), 20)
+  files = [f for f in (tmp_path / "checkpoints" / "20").rglob("*") if f.is_file()]
+  assert files
+  for f in files:
+    f.write_bytes(b"\x00garbage" * 3)
+  r = launch(f"--workdir={tmp_path}", *RUN)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "checkpoints/20 is unreadable" in r.stderr and "at step 10" in r.stderr
+  assert events(tmp_path) == events(straight)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, shakespeare):
+  r = launch(f"--workdir={tmp_path}", "--config.train.steps=30", "--config.checkpoint.every=1",
+             "--config.eval.every=100", "--config.train.lr=1e30", "--config.train.grad_clip=0",
+             "--config.train.warmup_steps=0")
+  assert r.returncode == 2
+  line = r.stderr.strip().splitlines()[-1]
+  assert line.startswith("error: non-finite loss/gradient at step ") and "last good checkpoint" in line
+  bad_step = int(line.split("at step ")[1].split()[0])
+  steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+  assert steps and max(steps) < bad_step
+
+
+def test_nonfinite_skip_leaves_params_untouched():
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from lm import train
+
+  def loss_fn(params, batch, rng):  # NaN exactly when the batch says so
+    loss = jnp.sum(params["w"] ** 2) + jnp.where(batch["poison"] > 0, jnp.nan, 0.0)
+    return loss, {}
+
+  opt = optax.sgd(0.1)
+  step = jax.jit(train.make_train_step(loss_fn, opt, lambda s: 0.1, skip_nonfinite=True))
+  params = {"w": jnp.ones(3)}
+  state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32),
+           "rng": jax.random.PRNGKey(0)}
+  state, m = step(state, {"poison": jnp.ones(())})
+  assert float(m["finite"]) == 0.0 and int(state["step"]) == 1
+  np.testing.assert_array_equal(state["params"]["w"], np.ones(3))
+  state, m = step(state, {"poison": jnp.zeros(())})
+  assert float(m["finite"]) == 1.0
+  np.testing.assert_allclose(state["params"]["w"], 0.8 * np.ones(3), rtol=1e-6)
