@@ -4,7 +4,6 @@ Modes (by the config's `mode`, default "train"): train (any objective), sample (
 `--dry_run` compiles the train step for the mesh without allocating weights and prints sizes and memory.
 Bad input (unknown config key, bad value, missing file, corrupt data) ends with one line on stderr, exit 2.
 """
-import logging
 import os
 import sys
 
@@ -28,22 +27,35 @@ def fail(message: str, status: int = 2):
 def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:  # unknown --config.x key, bad value, unreadable config file
-    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except flags.Error as e:  # bad value, e.g. --config.train.steps=abc
+    fail(" ".join(str(e).split()))
+  except (AttributeError, KeyError) as e:  # ml_collections: unknown --config.a.b key, with its "did you mean"
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    hint = " ".join(str(e).replace("\\n", " ").replace("\\'", "").strip("'\"").split())
+    fail(f"unknown config key among {', '.join(bad)}: {hint}")
+  except OSError as e:  # --config=missing.py or a config file that fails to import
+    where = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
+    fail(f"cannot load {where}: {str(e).splitlines()[-1].strip() if str(e) else type(e).__name__}")
 
 
 def main(argv):
   del argv
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TFDS are chatty at INFO
   from lm.errors import UserError
   try:
-    config = _CONFIG.value
+    try:
+      config = _CONFIG.value
+      mode = config.get("mode", "train") if config is not None else None
+    except OSError as e:  # the config file is missing or fails to import
+      last = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
+      fail(f"cannot load --config={flags.FLAGS['config'].serialize().split('=', 1)[-1]}: {last}")
     if config is None:
       fail("--config is required, e.g. --config=configs/pretrain_shakespeare.py")
     if _COORD.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
       import jax
       jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
                                  process_id=_PID.value)
-    mode = config.get("mode", "train")
     if _DRY_RUN.value:
       from lm import dry_run
       dry_run.run(config)
@@ -72,5 +84,4 @@ def train_preempted():
 
 
 if __name__ == "__main__":
-  logging.getLogger("absl").setLevel(logging.WARNING)
   app.run(main, flags_parser=parse_flags)

@@ -81,7 +81,7 @@ def run(args):
 
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every restore at INFO
+  logging.getLogger("absl").setLevel(logging.ERROR)  # orbax logs restores at INFO and WARNING
   try:
     run(args)
   except UserError as e:

@@ -6,7 +6,7 @@ tracks the model's cross-entropy ("Language Modeling Is Compression", Delétang 
 Chunks. The input is cut into chunks of `chunk_size` bytes, each coded from a fresh context: the model sees
 s, b0 .. b[n-2] at positions 0 .. n-1 and predicts b0 .. b[n-1], so a chunk holds up to max_len bytes with
 learned positions. The start byte s is the byte before the chunk (a newline for the file's first chunk): the
-model was trained on raw text windows without BOS, and an untrained BOS costs ~0.24 bits/byte on Tiny
+model was trained on raw text windows without BOS, and an untrained BOS costs ~0.3 bits/byte on Tiny
 Shakespeare. To have that byte decoded in time, the chunks are laid out in `rows` contiguous lanes (at most
 `batch_size`); batch k codes chunk k of every lane in lockstep, one byte of each per model call (KV cache, so
 linear in the length), and the batch's bytes share one range-coder stream, interleaved step by step.
@@ -84,10 +84,10 @@ class Coder:
 
   def __init__(self, setup, params, chunk_size: int = 0, batch_size: int = 128):
     tok = setup.tokenizer
-    if getattr(tok, "vocab_size", 0) < 256 or not hasattr(tok, "bos_id"):
-      raise UserError("compression needs the byte tokenizer (ids 0..255 are the bytes)")
+    if setup.config.tokenizer != "byte":
+      raise UserError(f"compression needs the byte tokenizer (ids 0..255 are bytes), not {setup.config.tokenizer!r}")
     self.setup, self.params, self.model = setup, params, setup.model
-    self.bos_id, self.pad_id = tok.bos_id, tok.pad_id
+    self.pad_id = tok.pad_id
     cfg = self.model.cfg
     self.max_chunk = cfg.max_len if cfg.position == "learned" else 1 << 20
     self.chunk_size = chunk_size or min(self.max_chunk, setup.config.data.get("seq_len", cfg.max_len))
@@ -265,7 +265,7 @@ def _starts(lanes, n_chunks: int, k: int):
   """[rows] first input of chunk k of each lane: the byte before the chunk, or START for a lane's first chunk.
 
   The model was trained on windows of raw text without BOS, so a real byte (or a newline) is the context it
-  knows; BOS costs ~0.25 bits/byte more on Tiny Shakespeare."""
+  knows; BOS costs ~0.3 bits/byte more on Tiny Shakespeare (3.10 against 2.77)."""
   rows, n_batches, _ = lanes.shape
   starts = np.full(rows, START, np.int32)
   if k:

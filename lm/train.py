@@ -231,7 +231,8 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
       start = int(state["step"])
       if objective.set_state is not None and "objective" in meta:
         objective.set_state(meta["objective"])
-      log.info("resumed from %s at step %d", ckpt.directory, start)
+      if jax.process_index() == 0:
+        print(f"resumed from {ckpt.directory} at step {start}", file=sys.stderr)
     writer = metrics_lib.Writer(workdir, resume_step=start if restored is not None else None)
 
     train_step = jax.jit(make_train_step(objective.loss_fn, optimizer, schedule, t.grad_accum,

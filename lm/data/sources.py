@@ -87,15 +87,26 @@ class TextFolder(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
 
   def _split_generators(self, dl_manager):
-    return {"train": self._generate("train"), "validation": self._generate("validation")}
+    return {"train": self._generate_examples("train"), "validation": self._generate_examples("validation")}
 
-  def _generate(self, split):
+  def _generate_examples(self, split):
     for path in text_files(self._folder):
       data = read_text(path)
-      cut = data.rfind(b"\n", 0, int(len(data) * 0.9)) + 1 if len(data) > 1 else len(data)
+      cut = _cut(data, 0.9)
       part = data[:cut] if split == "train" else data[cut:]
       if part:
         yield path, {"text": part}
+
+
+def _cut(data: bytes, frac: float) -> int:
+  """Split point near frac: after a line break if one is close, never inside a UTF-8 character."""
+  cut = int(len(data) * frac)
+  nl = data.rfind(b"\n", int(len(data) * (frac - 0.1)), cut)
+  if nl >= 0:
+    return nl + 1
+  while 0 < cut < len(data) and (data[cut] & 0xC0) == 0x80:
+    cut -= 1
+  return cut
 
 
 def text_files(folder: str) -> list:
