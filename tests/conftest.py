@@ -19,6 +19,11 @@ def tiny_config(**overrides):
   c.train.update(steps=10, batch_size=8, warmup_steps=2, log_every=1, progress=False)
   c.eval.update(every=5, batch_size=8, max_batches=2, sample_tokens=0)
   c.checkpoint.update(every=5, keep=3)
+  return apply_overrides(c, overrides)
+
+
+def apply_overrides(c, overrides: dict):
+  """Set dotted keys, e.g. {"model.d_model": 64}, as --config.model.d_model=64 would."""
   for key, value in overrides.items():
     node = c
     *path, last = key.split(".")

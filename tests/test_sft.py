@@ -16,7 +16,7 @@ from lm.data import jsonl
 from lm.data import sft
 from lm.errors import UserError
 from lm.objectives import pretrain
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, apply_overrides, tiny_config
 
 TOK = tokenizer_lib.get()
 RECORDS = [{"prompt": "12+5=", "answer": "17"}, {"prompt": "what?", "answer": "a longer answer"},
@@ -161,13 +161,7 @@ def sft_config(tmp_path, **overrides):
   c.objective.update(task="addition", train_examples=64, eval_examples=8, max_new_tokens=5, pass_n=2,
                      pass_k=(1, 2), pass_prompts=4, gen_batch=8)
   c.objective.task_options.digits = 1
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
+  return apply_overrides(c, overrides)
 
 
 def test_sft_run_reports_task_metrics_and_fine_tunes_a_checkpoint(tmp_path, shakespeare):

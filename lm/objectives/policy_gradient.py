@@ -10,6 +10,7 @@ checkpointed, so a resumed run replays exactly.
 
 Rollout statistics travel to the logs as constant `stat_*` columns of the batch, which loss_fn reports.
 """
+import functools
 import time
 
 import jax
@@ -42,6 +43,26 @@ def sequence_advantages(scores, o):
   if o.algorithm == "grpo":
     return adv_lib.group_normalised(scores, o.adv_scale)
   raise ValueError(o.algorithm)
+
+
+def _values(model, params, tokens, positions, segment_ids, hidden, *, value: str, n: int):
+  """PPO's value per response slot: a linear head on the policy's final hidden states, or a separate critic."""
+  if value == "critic":
+    hidden = rollout_lib.forward(model, params["critic"]["trunk"], tokens, positions, segment_ids, n)[2]
+    head = params["critic"]["head"]
+  else:
+    head = params["value_head"]
+  return hidden.astype(jnp.float32) @ head["kernel"] + head["bias"]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "n", "temperature", "value"))
+def _score_rows(model, params, ref, tokens, positions, segment_ids, *, n, temperature, value):
+  """Reference log-probs of the sampled rows, and for PPO (value != "") their values at rollout time."""
+  ref_logp = rollout_lib.forward(model, ref, tokens, positions, segment_ids, n, temperature)[1]
+  if not value:
+    return ref_logp, jnp.zeros_like(ref_logp)
+  hidden = rollout_lib.forward(model, params, tokens, positions, segment_ids, n, temperature)[2]
+  return ref_logp, _values(model, params, tokens, positions, segment_ids, hidden, value=value, n=n)
 
 
 def validate(config):
@@ -100,23 +121,7 @@ def build(config, model, tokenizer) -> Objective:
       return {**params, "value_head": head}
     return {**params, "critic": {"trunk": copy(params), "head": head}}
 
-  def values_of(params, tokens, positions, segment_ids, hidden):
-    if o.value == "critic":
-      hidden = rollout_lib.forward(model, params["critic"]["trunk"], tokens, positions, segment_ids, n_new)[2]
-      head = params["critic"]["head"]
-    else:
-      head = params["value_head"]
-    return hidden.astype(jnp.float32) @ head["kernel"] + head["bias"]
-
-  @jax.jit
-  def score_rows(params, ref, tokens, positions, segment_ids):
-    """Reference log-probs (and rollout-time values for PPO) of the sampled rows."""
-    ref_logp = rollout_lib.forward(model, ref, tokens, positions, segment_ids, n_new, temperature)[1]
-    values = jnp.zeros_like(ref_logp)
-    if ppo:
-      hidden = rollout_lib.forward(model, params, tokens, positions, segment_ids, n_new, temperature)[2]
-      values = values_of(params, tokens, positions, segment_ids, hidden)
-    return ref_logp, values
+  values_of = functools.partial(_values, model, value=o.value, n=n_new)
 
   # ---- generate -> score -> reference -> advantages, one rollout per step ----
   def batches(step, params):
@@ -127,8 +132,9 @@ def build(config, model, tokenizer) -> Objective:
     prompts = [chat.prompt_ids(tokenizer, ex.prompt) for ex in examples for _ in range(g)]
     key = jax.random.fold_in(jax.random.fold_in(base_key, 0x5EED), step)
     r = rollout_lib.rollout(model, params, prompts, key, n_new, tokenizer, temperature, o.top_k, o.top_p)
-    ref_logp, values = jax.device_get(score_rows(params, held["ref"], r["tokens"], r["positions"],
-                                                 r["segment_ids"]))
+    ref_logp, values = jax.device_get(_score_rows(model, params, held["ref"], r["tokens"], r["positions"],
+                                                  r["segment_ids"], n=n_new, temperature=temperature,
+                                                  value=o.value if ppo else ""))
     mask = r["mask"].astype(np.float32)
 
     prompt_text = [ex.prompt for ex in examples for _ in range(g)]

@@ -1,0 +1,46 @@
+"""Score a checkpoint the way a policy-gradient run's evals do (task metrics + held-out bits per byte), e.g. the
+starting point of a run, which the train loop never evaluates:
+
+python -m lm.rl.eval_checkpoint configs/pg_addition.py runs/sft_addition [key=value ...]
+"""
+import importlib.util
+import json
+import sys
+
+import jax
+
+from lm import evaluate
+from lm import objectives
+from lm import sharding
+from lm import train
+from lm.data import lm_batches
+
+
+def main(config_path: str, run_dir: str, *overrides):
+  spec = importlib.util.spec_from_file_location("pg_config", config_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for item in overrides:  # dotted key=value, value parsed as JSON when it can be
+    key, _, value = item.partition("=")
+    node = config
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    try:
+      node[last] = json.loads(value)
+    except json.JSONDecodeError:
+      node[last] = value
+  setup = train.Setup(config)
+  with sharding.use(setup.mesh, setup.rules):
+    params = setup.load_params(run_dir)
+    objective = objectives.get(config.objective.name).build(config, setup.model, setup.tokenizer)
+    tokens = lm_batches.split_tokens(config.data, config.data.eval_split, setup.tokenizer)
+    batches = lm_batches.eval_batches(tokens, config.data.seq_len, config.eval.batch_size, config.eval.max_batches)
+    result = evaluate.bits_per_byte(setup.model, params, batches, setup.tokenizer, setup.mesh)
+    result.update(objective.evaluate(params, 0))
+  print(json.dumps({"checkpoint": run_dir, **result}))
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])
