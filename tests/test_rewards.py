@@ -19,7 +19,7 @@ def score_fn(spec, **reward_args):
 
 
 def test_registry_lists_the_builtin_rewards():
-  assert {"task", "format", "length"} <= set(rewards.names())
+  assert {"task", "format", "length", "digits"} <= set(rewards.names())
 
 
 def test_weighted_sum_of_task_format_and_length():
@@ -40,3 +40,12 @@ def test_bad_reward_specs_are_user_errors():
   with pytest.raises(UserError, match="empty"):
     score_fn(" , ")
   assert rewards.parse("task, format:0.2") == [("task", 1.0), ("format", 0.2)]
+
+
+def test_digits_gives_partial_credit_per_position():
+  c = tiny_config()
+  c.objective = pg_addition.objective()
+  c.objective.rewards = "digits"
+  fn = rewards.build(c, tokenizer_lib.get("byte"), tasks.get("addition", digits=3, pad=True, width=4))
+  total, _ = fn(["0023+0456="] * 5 + ["junk"], ["00479", "00478", "0479", "004790", "", "1"])
+  np.testing.assert_allclose(total, [1.0, 0.8, 0.2, 5 / 6, 0.0, 0.0], rtol=1e-6)  # "0479": only the first 0 lines up

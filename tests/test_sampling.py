@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lm import sampling
-from tests.test_model import GPT, LLAMA, build
+from tests.test_model import GPT, LLAMA, build, jitted
 
 
 def teacher_forced_logprobs(model, params, prompt_tokens, prompt_pos, prompt_seg, out, temperature):
@@ -14,7 +14,7 @@ def teacher_forced_logprobs(model, params, prompt_tokens, prompt_pos, prompt_seg
   n = out["tokens"].shape[1]
   pos = np.concatenate([prompt_pos, prompt_pos[:, -1:] + 1 + np.arange(n)], 1)
   seg = np.concatenate([prompt_seg, np.asarray(out["mask"]).astype(np.int32)], 1)
-  logits, _ = model.apply({"params": params}, jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(seg))
+  logits, _ = jitted(model)({"params": params}, jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(seg))
   logits = np.asarray(logits, np.float64)[:, prompt_tokens.shape[1] - 1:-1]
   logits = logits / (temperature if temperature > 0 else 1.0)
   logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \

@@ -5,7 +5,7 @@ from lm import tasks
 from lm.errors import UserError
 
 TASKS = ["addition", "multiplication", "reverse", "sort"]
-VARIANTS = [(name, {}) for name in TASKS] + [("addition", {"pad": True})]
+VARIANTS = [(name, {}) for name in TASKS] + [("addition", {"pad": True}), ("addition", {"pad": True, "width": 4})]
 IDS = [name + "".join(f"-{k}" for k in opts) for name, opts in VARIANTS]
 
 
@@ -60,6 +60,16 @@ def test_padded_addition_is_fixed_width_and_strict():
   assert all(len(ex.prompt) == 8 and len(ex.answer) == 4 for ex in task.examples("train", 100, seed=0))
   assert task.check("023+456=", "0479") == 1.0 and task.check("023+456=", "479") == 0.0
   assert tasks.get("addition").check("23+456=", "479") == 1.0 and tasks.get("addition").check("23+456=", "0479") == 0.0
+
+
+def test_padded_addition_width_shares_the_wider_layout():
+  task = tasks.get("addition", digits=3, pad=True, width=4)
+  assert all(len(ex.prompt) == 10 and len(ex.answer) == 5 for ex in task.examples("train", 100, seed=0))
+  assert task.check("0023+0456=", "00479") == 1.0 and task.check("0023+0456=", "0479") == 0.0
+  assert tasks.get("addition", digits=4, pad=True).check("0023+0456=", "00479") == 1.0
+  for bad in ({"width": 4}, {"pad": True, "width": 2}):
+    with pytest.raises(UserError, match="width"):
+      tasks.get("addition", digits=3, **bad)
 
 
 def test_reference_answers_are_right():
