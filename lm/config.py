@@ -6,7 +6,7 @@ from lm.errors import UserError
 CHOICES = {
     "model.norm": ("layernorm", "rmsnorm"), "model.mlp": ("gelu", "swiglu"), "model.position": ("learned", "rope"),
     "model.dtype": ("float32", "bfloat16", "float16"), "model.param_dtype": ("float32", "bfloat16", "float16"),
-    "model.remat": ("none", "full", "dots", "dots_no_batch"), "model.attention_impl": ("xla", "cudnn"),
+    "model.remat": ("none", "full", "dots", "dots_no_batch"), "model.attention_impl": ("xla", "cudnn", "auto"),
     "train.schedule": ("cosine", "constant"), "train.nonfinite": ("stop", "skip"),
 }
 POSITIVE = ("model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads", "model.max_len", "data.seq_len",

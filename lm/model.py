@@ -43,7 +43,7 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"  # none | full | dots | dots_no_batch
-  attention_impl: str = "xla"  # xla | cudnn (cudnn: unpacked causal training only)
+  attention_impl: str = "xla"  # xla | cudnn | auto (cudnn on GPUs); cudnn ignores segment ids: unpacked data only
 
   @classmethod
   def from_config(cls, model_cfg) -> "ModelConfig":
@@ -129,7 +129,8 @@ class Attention(nn.Module):
       new_cache = {"k": k, "v": v}
       k, v = k.astype(q.dtype), v.astype(q.dtype)
 
-    if cfg.attention_impl == "cudnn" and layer_cache is None:
+    use_cudnn = cfg.attention_impl == "cudnn" or (cfg.attention_impl == "auto" and jax.default_backend() == "gpu")
+    if use_cudnn and layer_cache is None:
       out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn",
                                          local_window_size=(cfg.sliding_window - 1, 0) if cfg.sliding_window else None)
     else:
