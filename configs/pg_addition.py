@@ -1,10 +1,12 @@
-"""GRPO on 4-digit addition, starting from the 3-digit SFT run (runs/sft_addition, configs/sft_addition.py).
+"""GRPO on 4-digit addition, starting from the 3-digit SFT run (runs/sft_addition_w4, configs/sft_addition.py).
 
-python launch.py --config=configs/pg_addition.py --workdir=runs/pg_addition
+python launch.py --config=configs/pg_addition.py --workdir=runs/pg_addition_w4
 One train step is one rollout of train.batch_size rows (batch_size / group_size prompts x group_size samples).
 Other algorithms: configs/pg_addition_{reinforce,rloo,ppo}.py (same prompts, rollouts and budget).
-Measured: the 3-digit SFT model never answers 4-digit problems right (pass@16 = 0), so GRPO gets no reward
-signal here; from a weaker SFT checkpoint on 3-digit it gains 10+ points (experiments/PG_NOTES.md).
+Both runs write numbers at width 4 ("0023+0456=" -> "00479"), so the SFT model answers in the right layout, but
+it never learned to read the thousands digits (always 0 in SFT): 0.6% greedy exact, pass@16 = 0 on 4-digit
+problems. Measured: GRPO and RLOO stay at 0.6% after 300 rollouts, with this strict `task` reward (no signal)
+and with `objective.rewards=digits` (partial credit per position) at temperature 2 (experiments/PG_NOTES.md).
 """
 import ml_collections
 
@@ -16,7 +18,7 @@ def objective(algorithm: str = "grpo") -> ml_collections.ConfigDict:
   o.name = "policy_gradient"
   o.algorithm = algorithm  # reinforce | rloo | grpo | ppo
   o.task = "addition"
-  o.task_options = ml_collections.ConfigDict(dict(digits=4, pad=True))  # the SFT run's fixed-width format
+  o.task_options = ml_collections.ConfigDict(dict(digits=4, pad=True, width=4))  # the SFT run's fixed width
   o.rewards = "task:1.0"  # weighted sum of lm/rewards/*.py, e.g. "task:1.0,format:0.1,length:0.01"
   o.reward_args = ml_collections.ConfigDict(dict(format_pattern=r"[0-9]+", length_target=5))
   o.group_size = 8  # G samples per prompt
@@ -63,7 +65,7 @@ def objective(algorithm: str = "grpo") -> ml_collections.ConfigDict:
 def get_config(algorithm: str = "grpo"):
   c = base.get_config()
   c.objective = objective(algorithm)
-  c.checkpoint.init_from = "runs/sft_addition"
+  c.checkpoint.init_from = "runs/sft_addition_w4"
   c.train.update(steps=300, batch_size=64, lr=1e-4, min_lr=1e-4, warmup_steps=10, schedule="constant",
                  weight_decay=0.0, grad_clip=1.0, log_every=10)
   c.eval.update(every=100, sample_tokens=0)

@@ -1,9 +1,11 @@
-"""Fine-tune the Tiny Shakespeare model (configs/pretrain_shakespeare.py) on 3-digit addition:
+"""Fine-tune the Tiny Shakespeare model (configs/pretrain_shakespeare.py) on 3-digit addition, written at the
+4-digit width the policy-gradient configs use (configs/pg_addition.py): "0023+0456=" -> "00479".
 
-python launch.py --config=configs/sft_addition.py --workdir=runs/sft_addition
+python launch.py --config=configs/sft_addition.py --workdir=runs/sft_addition_w4
 
 The model shape stays the pretraining run's (4 layers x 4 heads x 128, max_len 64, learned positions) so its
 checkpoint loads; held-out Shakespeare bits per byte is still reported at every eval, to show forgetting.
+Prompt + answer is about 20 tokens, well inside max_len 64.
 """
 from configs import sft_jsonl
 
@@ -15,9 +17,12 @@ def get_config():
   # Fixed width ("023+456=" -> "0479"): the unpadded format was at 2% exact match after 1000 steps (see
   # experiments/SFT_NOTES.md); padding lets the learned positions line the digits up.
   c.objective.task_options.pad = True
+  # Operands padded to 4 characters and answers to 5, the layout of the 4-digit problems in
+  # configs/pg_addition.py, so the SFT model already writes 5-digit answers at the right positions there.
+  c.objective.task_options.width = 4
   c.objective.train_examples = 100000
   c.checkpoint.init_from = "runs/shakespeare"
-  c.train.update(steps=2000, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=100, log_every=100)
+  c.train.update(steps=3000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=100, log_every=100)
   c.eval.every = 500
   c.checkpoint.every = 500
   return c

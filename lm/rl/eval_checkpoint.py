@@ -1,7 +1,7 @@
 """Score a checkpoint the way a policy-gradient run's evals do (task metrics + held-out bits per byte), e.g. the
 starting point of a run, which the train loop never evaluates:
 
-python -m lm.rl.eval_checkpoint configs/pg_addition.py runs/sft_addition [key=value ...]
+python -m lm.rl.eval_checkpoint configs/pg_addition.py runs/sft_addition_w4 [key=value ...]
 """
 import importlib.util
 import json
