@@ -22,7 +22,7 @@ train: install
 	$(PY) launch.py --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
 
 test: install
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15 tests
 
 bench: install
 	$(PY) benchmarks/throughput.py
