@@ -4,7 +4,6 @@ Reading order: `run` (top to bottom) -> `make_train_step` -> `init_state`.
 """
 import json
 import logging
-import math
 import os
 import signal
 import sys

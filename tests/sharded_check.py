@@ -5,7 +5,6 @@ import sys
 import tempfile
 
 import jax
-import numpy as np
 from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])

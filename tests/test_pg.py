@@ -255,7 +255,6 @@ def test_ppo_run_resumes_exactly(tmp_path, shakespeare):
 
   Each rollout is 2 epochs x 2 minibatches (4 updates) and the KL coefficient is adaptive, so this covers the
   loop's updates_per_step and the objective's checkpointed state."""
-  import json
   import shutil
   from lm import metrics
   cfg = pg_config("ppo", kl_target=0.01, kl_horizon=2)

@@ -72,6 +72,18 @@ def test_padded_addition_width_shares_the_wider_layout():
       tasks.get("addition", digits=3, **bad)
 
 
+def test_addition_wide_frac_mixes_in_width_digit_problems():
+  task = tasks.get("addition", digits=3, pad=True, width=4, wide_frac=0.5)
+  exs = task.examples("train", 200, seed=0)
+  assert all(len(ex.prompt) == 10 and len(ex.answer) == 5 and task.check(ex.prompt, ex.answer) == 1.0 for ex in exs)
+  wide = sum(ex.prompt[0] != "0" or ex.prompt[5] != "0" for ex in exs)
+  assert 50 < wide < 150  # P(a wide problem has a thousands digit) = 1 - 0.1**2
+  assert tasks.get("addition", digits=3, pad=True, width=4, wide_frac=0.0).examples("train", 50, seed=0) == \
+      tasks.get("addition", digits=3, pad=True, width=4).examples("train", 50, seed=0)
+  with pytest.raises(UserError, match="wide_frac"):
+    tasks.get("addition", digits=3, wide_frac=0.1)
+
+
 def test_reference_answers_are_right():
   assert tasks.get("multiplication").check("12*34=", "408") == 1.0
   assert tasks.get("reverse").check("reverse:abc=", "cba") == 1.0

@@ -1,5 +1,4 @@
 """The train loop end to end: exact resume after SIGKILL / SIGTERM / a corrupt checkpoint, NaN handling."""
-import json
 import os
 import shutil
 

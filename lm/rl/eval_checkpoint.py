@@ -7,7 +7,6 @@ import importlib.util
 import json
 import sys
 
-import jax
 
 from lm import evaluate
 from lm import objectives
