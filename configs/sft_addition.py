@@ -1,7 +1,8 @@
 """Fine-tune the Tiny Shakespeare model (configs/pretrain_shakespeare.py) on 3-digit addition, written at the
 4-digit width the policy-gradient configs use (configs/pg_addition.py): "0023+0456=" -> "00479".
 
-python launch.py --config=configs/sft_addition.py --workdir=runs/sft_addition_w4
+python launch.py --config=configs/sft_addition.py --workdir=runs/sft_addition_mix
+(runs/sft_addition_w4 is the same config before wide_frac, i.e. with wide_frac=0.0.)
 
 The model shape stays the pretraining run's (4 layers x 4 heads x 128, max_len 64, learned positions) so its
 checkpoint loads; held-out Shakespeare bits per byte is still reported at every eval, to show forgetting.
@@ -20,6 +21,9 @@ def get_config():
   # Operands padded to 4 characters and answers to 5, the layout of the 4-digit problems in
   # configs/pg_addition.py, so the SFT model already writes 5-digit answers at the right positions there.
   c.objective.task_options.width = 4
+  # 5% of problems use 4-digit operands, so the thousands digits are not new to the model when GRPO/RLOO train
+  # on 4-digit problems (configs/pg_addition.py); without them pass@16 on 4-digit was 0 and RL had no signal.
+  c.objective.task_options.wide_frac = 0.05
   c.objective.train_examples = 100000
   c.checkpoint.init_from = "runs/shakespeare"
   c.train.update(steps=3000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=100, log_every=100)
