@@ -1,12 +1,10 @@
-"""GRPO on 4-digit addition, starting from the 3-digit SFT run (runs/sft_addition_w4, configs/sft_addition.py).
+"""GRPO on 4-digit addition, starting from the SFT run (runs/sft_addition_mix, configs/sft_addition.py).
 
-python launch.py --config=configs/pg_addition.py --workdir=runs/pg_addition_w4
+python launch.py --config=configs/pg_addition.py --workdir=runs/pg_addition
 One train step is one rollout of train.batch_size rows (batch_size / group_size prompts x group_size samples).
 Other algorithms: configs/pg_addition_{reinforce,rloo,ppo}.py (same prompts, rollouts and budget).
-Both runs write numbers at width 4 ("0023+0456=" -> "00479"), so the SFT model answers in the right layout, but
-it never learned to read the thousands digits (always 0 in SFT): 0.6% greedy exact, pass@16 = 0 on 4-digit
-problems. Measured: GRPO and RLOO stay at 0.6% after 300 rollouts, with this strict `task` reward (no signal)
-and with `objective.rewards=digits` (partial credit per position) at temperature 2 (experiments/PG_NOTES.md).
+SFT wrote 3-digit problems (plus 5% 4-digit ones) at width 4 ("0023+0456=" -> "00479"), so it starts at 23.0%
+greedy exact on held-out 4-digit problems. Measured (experiments/PG_NOTES.md): 900 rollouts take it to 51.4%.
 """
 import ml_collections
 
@@ -65,8 +63,8 @@ def objective(algorithm: str = "grpo") -> ml_collections.ConfigDict:
 def get_config(algorithm: str = "grpo"):
   c = base.get_config()
   c.objective = objective(algorithm)
-  c.checkpoint.init_from = "runs/sft_addition_w4"
-  c.train.update(steps=300, batch_size=64, lr=1e-4, min_lr=1e-4, warmup_steps=10, schedule="constant",
+  c.checkpoint.init_from = "runs/sft_addition_mix"
+  c.train.update(steps=900, batch_size=64, lr=1e-4, min_lr=1e-4, warmup_steps=10, schedule="constant",
                  weight_decay=0.0, grad_clip=1.0, log_every=10)
   c.eval.update(every=100, sample_tokens=0)
   c.checkpoint.update(every=100, keep=2)

@@ -1,4 +1,4 @@
-"""REINFORCE on 4-digit addition from the SFT run (runs/sft_addition_w4): the GRPO config (configs/pg_addition.py) with algorithm=reinforce."""
+"""REINFORCE on 4-digit addition from the SFT run (runs/sft_addition_mix): the GRPO config (configs/pg_addition.py) with algorithm=reinforce."""
 from configs import pg_addition
 
 

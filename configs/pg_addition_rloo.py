@@ -1,4 +1,4 @@
-"""RLOO on 4-digit addition from the SFT run (runs/sft_addition_w4): the GRPO config (configs/pg_addition.py) with algorithm=rloo."""
+"""RLOO on 4-digit addition from the SFT run (runs/sft_addition_mix): the GRPO config (configs/pg_addition.py) with algorithm=rloo."""
 from configs import pg_addition
 
 
