@@ -20,11 +20,11 @@ def _nll_sums(model, params, batch, bytes_per_token):
 def bits_per_byte(model, params, batches, tokenizer, mesh) -> dict:
   """loss (nats/token) and bits_per_byte over an iterable of token batches, summed exactly (no sampling)."""
   bpt = jnp.asarray(tokenizer.bytes_per_token(), jnp.float32)
+  # Sums stay on device until the end, so the host never waits on a batch it has just dispatched.
   total = {"nll": 0.0, "tokens": 0.0, "bytes": 0.0}
   for local in batches:
-    sums = _nll_sums(model, params, sharding.global_batch(local, mesh), bpt)
-    for k in total:
-      total[k] += float(sums[k])
+    total = jax.tree.map(jnp.add, total, _nll_sums(model, params, sharding.global_batch(local, mesh), bpt))
+  total = {k: float(v) for k, v in total.items()}
   return {"loss": total["nll"] / max(total["tokens"], 1.0),
           "bits_per_byte": total["nll"] / math.log(2) / max(total["bytes"], 1.0),
           "eval_tokens": int(total["tokens"])}

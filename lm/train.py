@@ -80,7 +80,7 @@ def make_train_step(loss_fn, optimizer, schedule, grad_accum: int = 1, skip_nonf
     if grad_accum == 1:
       (loss, metrics), grads = grad_fn(params, batch, rng)
     else:
-      micro = jax.tree.map(lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
+      micro = _slices(batch, grad_accum)
 
       def body(acc, xs):
         i, mb = xs
@@ -107,7 +107,7 @@ def make_train_step(loss_fn, optimizer, schedule, grad_accum: int = 1, skip_nonf
     return step
 
   def multi_step(state, batch):
-    chunks = jax.tree.map(lambda x: x.reshape(updates_per_step, x.shape[0] // updates_per_step, *x.shape[1:]), batch)
+    chunks = _slices(batch, updates_per_step)
 
     def body(s, xs):
       i, chunk = xs
@@ -118,6 +118,11 @@ def make_train_step(loss_fn, optimizer, schedule, grad_accum: int = 1, skip_nonf
     return {**new, "step": state["step"] + 1}, jax.tree.map(lambda x: x.mean(0), ms)
 
   return multi_step
+
+
+def _slices(batch, n: int):
+  """[rows, ...] -> [n, rows / n, ...]: consecutive row slices to scan over (micro-batches or PPO minibatches)."""
+  return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
 
 
 def _where(cond, a, b):
