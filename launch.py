@@ -7,8 +7,12 @@ Bad input (unknown config key, bad value, missing file, corrupt data) ends with 
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from lm import cpu
+
+cpu.keep_freed_memory()  # before anything allocates; see lm/cpu.py
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, tb/, checkpoints/.")

@@ -11,6 +11,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lm import cpu  # noqa: E402
+
+cpu.keep_freed_memory()  # as launch.py does, before anything allocates
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -51,9 +54,8 @@ def main(argv):
     loss_fn = pretrain.token_loss_fn(setup.model, t.z_loss)
     state = train.init_state(setup, optimizer, Objective(loss_fn=loss_fn, batches=source))
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = jax.jit(train.make_train_step(loss_fn, optimizer, schedule, t.grad_accum),
-                   in_shardings=(shardings, sharding.batch_sharding(setup.mesh)),
-                   out_shardings=(shardings, sharding.replicated(setup.mesh)), donate_argnums=0)
+    step = train.jit_train_step(train.make_train_step(loss_fn, optimizer, schedule, t.grad_accum), shardings,
+                                setup.mesh)
     batch = sharding.global_batch(source(0), setup.mesh)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()

@@ -49,9 +49,8 @@ def plan(config) -> dict:
     batch = {k: jax.ShapeDtypeStruct((b, s), jnp.float32 if k == "weights" else jnp.int32, sharding=bsh)
              for k in ("inputs", "targets", "weights", "positions", "segment_ids")}
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = jax.jit(train.make_train_step(pretrain.token_loss_fn(setup.model, t.z_loss), optimizer, schedule,
-                                         t.grad_accum),
-                   in_shardings=(state_shardings, bsh), out_shardings=(state_shardings, rep), donate_argnums=0)
+    step = train.jit_train_step(train.make_train_step(pretrain.token_loss_fn(setup.model, t.z_loss), optimizer,
+                                                      schedule, t.grad_accum), state_shardings, mesh)
     t0 = time.time()
     compiled = step.lower(state, batch).compile()
     compile_s = time.time() - t0

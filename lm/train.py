@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from lm import checkpoint as ckpt_lib
 from lm import config as config_lib
+from lm import cpu
 from lm import evaluate
 from lm import metrics as metrics_lib
 from lm import model as model_lib
@@ -118,6 +119,13 @@ def make_train_step(loss_fn, optimizer, schedule, grad_accum: int = 1, skip_nonf
     return {**new, "step": state["step"] + 1}, jax.tree.map(lambda x: x.mean(0), ms)
 
   return multi_step
+
+
+def jit_train_step(step, state_shardings, mesh):
+  """The one way a train step is compiled (training, dry run, benchmark): donated state, CPU options."""
+  return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0,
+                 compiler_options=cpu.compiler_options())
 
 
 def _slices(batch, n: int):
@@ -239,11 +247,10 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
         print(f"resumed from {ckpt.directory} at step {start}", file=sys.stderr)
     writer = metrics_lib.Writer(workdir, resume_step=start if restored is not None else None)
 
-    train_step = jax.jit(make_train_step(objective.loss_fn, optimizer, schedule, t.grad_accum,
-                                         skip_nonfinite=t.nonfinite == "skip",
-                                         updates_per_step=objective.updates_per_step),
-                         in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                         out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+    train_step = jit_train_step(make_train_step(objective.loss_fn, optimizer, schedule, t.grad_accum,
+                                                skip_nonfinite=t.nonfinite == "skip",
+                                                updates_per_step=objective.updates_per_step),
+                                state_shardings, mesh)
 
     def evaluate_now(step):
       batches = lm_batches.eval_batches(eval_tokens, config.data.seq_len, config.eval.batch_size,

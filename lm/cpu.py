@@ -1,0 +1,39 @@
+"""Settings that make XLA:CPU train small models fast; no effect on GPU or TPU.
+
+Each was measured with benchmarks/throughput.py on the 2-core x86 machine in the README (numbers there):
+- YNNPACK's dots are about twice as slow as Eigen's for these small matmuls; keep Eigen's.
+- XLA:CPU's tree-reduction rewrite turns every reduction (each LayerNorm, softmax and loss sum) into two
+  kernels; for rows of a few hundred floats that costs time and buys no accuracy worth having.
+- A train step's temporaries are one ~40 MB block, above glibc's largest mmap threshold (32 MB), so every
+  step mmaps fresh pages and faults on each of them (~10k page faults, ~25% of the step). Keeping freed
+  memory in the heap removes that.
+"""
+import ctypes
+import ctypes.util
+
+COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "",
+    "xla_disable_hlo_passes": "tree_reduction_rewriter",
+}
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def compiler_options() -> dict:
+  """Options for jax.jit(compiler_options=...) of a train step on the current backend."""
+  import jax  # noqa: PLC0415  (keep_freed_memory runs before jax is imported)
+  return dict(COMPILER_OPTIONS) if jax.default_backend() == "cpu" else {}
+
+
+def keep_freed_memory() -> bool:
+  """Serve large blocks from the heap and never return freed heap to the OS (glibc only).
+
+  Call it first thing in an entry point: blocks mapped before it keep their pages churning. The process
+  keeps its peak memory, as it would with tcmalloc or jemalloc. Returns whether it applied.
+  """
+  name = ctypes.util.find_library("c")
+  try:
+    libc = ctypes.CDLL(name)
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+  except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl): nothing to tune
+    return False
