@@ -1,0 +1,41 @@
+"""lm/cpu.py: the CPU speed settings change speed only, not results."""
+import platform
+
+import jax
+import numpy as np
+import pytest
+
+from lm import cpu, train
+from lm.data import lm_batches
+from lm.objectives import Objective, pretrain
+from tests.conftest import tiny_config
+
+
+def test_cpu_compiler_options_give_the_default_compilers_losses_and_params():
+  """Five train steps compiled with and without lm.cpu's options agree to float32 rounding."""
+  c = tiny_config()
+  setup = train.Setup(c)
+  tokens = np.random.default_rng(0).integers(0, 256, size=5000).astype(np.int32)
+  source = lm_batches.RandomWindows(tokens, c.data.seq_len, c.train.batch_size, seed=0)
+  optimizer, schedule = train.make_optimizer(c.train)
+  loss_fn = pretrain.token_loss_fn(setup.model, c.train.z_loss)
+  step = train.make_train_step(loss_fn, optimizer, schedule)
+  assert cpu.compiler_options() == cpu.COMPILER_OPTIONS  # the tests run on CPU
+  new_state = lambda: train.init_state(setup, optimizer, Objective(loss_fn=loss_fn, batches=source))
+  shardings = jax.tree.map(lambda x: x.sharding, new_state())
+  runs = []
+  for jitted in (jax.jit(step), train.jit_train_step(step, shardings, setup.mesh)):
+    state, losses = new_state(), []
+    for i in range(5):
+      state, m = jitted(state, source(i))
+      losses.append(float(m["loss"]))
+    runs.append((losses, jax.tree.leaves(state["params"])))
+  (losses_a, params_a), (losses_b, params_b) = runs
+  np.testing.assert_allclose(losses_b, losses_a, rtol=1e-5)
+  for a, b in zip(params_a, params_b):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_keep_freed_memory_applies_on_glibc():
+  assert cpu.keep_freed_memory()
