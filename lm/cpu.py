@@ -1,6 +1,6 @@
 """Settings that make XLA:CPU train small models fast; no effect on GPU or TPU.
 
-Each was measured with benchmarks/throughput.py on the 2-core x86 machine in the README (numbers there):
+Each was measured on the 2-core x86 machine of the README's results (A/B runs of the compiled step):
 - YNNPACK's dots are about twice as slow as Eigen's for these small matmuls; keep Eigen's.
 - XLA:CPU's tree-reduction rewrite turns every reduction (each LayerNorm, softmax and loss sum) into two
   kernels; for rows of a few hundred floats that costs time and buys no accuracy worth having.
