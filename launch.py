@@ -37,23 +37,28 @@ def parse_flags(argv):
     bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     hint = " ".join(str(e).replace("\\n", " ").replace("\\'", "").strip("'\"").split())
     fail(f"unknown config key among {', '.join(bad)}: {hint}")
-  except OSError as e:  # --config=missing.py or a config file that fails to import
-    where = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
-    fail(f"cannot load {where}: {str(e).splitlines()[-1].strip() if str(e) else type(e).__name__}")
+  except Exception as e:  # pylint: disable=broad-except  (the config file raised while it was imported)
+    fail(cannot_load(argv, e))
+
+
+def cannot_load(argv, e: Exception) -> str:
+  """One line for a config file that is missing or fails to import, naming the file and the last error line."""
+  where = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return f"cannot load {where}: {type(e).__name__}" + (f": {lines[-1]}" if lines else "")
 
 
 def main(argv):
   del argv
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TFDS are chatty at INFO
-  from lm.errors import UserError
+  from lm.errors import Preempted, UserError
   try:
     try:
       config = _CONFIG.value
       mode = config.get("mode", "train") if config is not None else None
-    except OSError as e:  # the config file is missing or fails to import
-      last = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
-      fail(f"cannot load --config={flags.FLAGS['config'].serialize().split('=', 1)[-1]}: {last}")
+    except OSError as e:  # a missing config file: ml_collections defers the error to the first access
+      fail(cannot_load(sys.argv, e))
     if config is None:
       fail("--config is required, e.g. --config=configs/pretrain_shakespeare.py")
     if _COORD.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
@@ -77,14 +82,9 @@ def main(argv):
       fail(f"config mode={mode!r} is unknown; use train or sample")
   except UserError as e:
     fail(str(e))
-  except train_preempted() as e:
+  except Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(143)
-
-
-def train_preempted():
-  from lm.train import Preempted
-  return Preempted
 
 
 if __name__ == "__main__":

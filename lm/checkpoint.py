@@ -4,7 +4,6 @@ A checkpoint holds `state` (params, optimizer state, step, RNG: any pytree of ar
 `meta` (JSON: data-iterator state, metrics, config fingerprint). Orbax writes each step to a temporary
 directory and renames it when complete, so a crash mid-save leaves the previous checkpoint as the latest.
 """
-import logging
 import os
 import sys
 
@@ -14,7 +13,6 @@ from etils import epath
 
 from lm.errors import UserError
 
-log = logging.getLogger(__name__)
 
 
 class Checkpointer:
@@ -57,10 +55,8 @@ class Checkpointer:
         return self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except  (half-copied or corrupted: use the previous one)
         reason = (str(e).splitlines() or [""])[0][:200]
-        log.warning("checkpoint %s/%d is unreadable (%s: %s); falling back to an earlier one",
-                    self.directory, step, type(e).__name__, reason)
-        print(f"warning: checkpoint {self.directory}/{step} is unreadable ({type(e).__name__}); moved it to "
-              f"{step}.unreadable and fell back to an earlier one", file=sys.stderr)
+        print(f"warning: checkpoint {self.directory}/{step} is unreadable ({type(e).__name__}: {reason}); moved "
+              f"it to {step}.unreadable and fell back to an earlier one", file=sys.stderr)
         if jax.process_index() == 0:
           os.replace(os.path.join(self.directory, str(step)), os.path.join(self.directory, f"{step}.unreadable"))
         if jax.process_count() > 1:

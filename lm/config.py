@@ -32,6 +32,17 @@ def to_flat(config) -> dict:
   return flatten(json.loads(json.dumps(config.to_dict(), default=str)))
 
 
+def override(config, overrides: dict):
+  """Set dotted keys, e.g. {"model.d_model": 64}, as --config.model.d_model=64 would; returns config."""
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return config
+
+
 def diff(old: dict, new: dict) -> list:
   keys = sorted(set(old) | set(new))
   return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys if old.get(k) != new.get(k)]

@@ -13,6 +13,7 @@ import numpy as np
 from lm import model as model_lib
 from lm import sharding
 from lm import train
+from lm.data import lm_batches
 from lm.objectives import pretrain
 
 GB = 1024**3
@@ -47,7 +48,7 @@ def plan(config) -> dict:
     b, s = t.batch_size, config.data.seq_len
     bsh = sharding.batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct((b, s), jnp.float32 if k == "weights" else jnp.int32, sharding=bsh)
-             for k in ("inputs", "targets", "weights", "positions", "segment_ids")}
+             for k in lm_batches.FIELDS}
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     step = train.jit_train_step(train.make_train_step(pretrain.token_loss_fn(setup.model, t.z_loss), optimizer,
                                                       schedule, t.grad_accum), state_shardings, mesh)

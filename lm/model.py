@@ -111,9 +111,9 @@ class Attention(nn.Module):
     cfg = self.cfg
     x = x.astype(DTYPES[cfg.dtype])
     std, (b, t, d), hd = 0.02, x.shape, cfg.head_dim
-    heads = {"q": cfg.n_heads, "k": cfg.n_kv_heads, "v": cfg.n_kv_heads}
-    params = {n: self._param(n, (d, h, hd), ("embed", "heads" if n == "q" else "kv_heads", "head_dim"), std,
-                             ("heads" if n == "q" else "kv_heads", "head_dim")) for n, h in heads.items()}
+    heads = {"q": (cfg.n_heads, "heads"), "k": (cfg.n_kv_heads, "kv_heads"), "v": (cfg.n_kv_heads, "kv_heads")}
+    params = {n: self._param(n, (d, h, hd), ("embed", axis, "head_dim"), std, (axis, "head_dim"))
+              for n, (h, axis) in heads.items()}
     # One [b*t, d] x [d, (h_q + 2 h_kv) * hd] matmul. With 2-D operands the weight gradient contracts one axis;
     # contracting (b, t) made XLA:CPU transpose the whole activation gradient first (measured: ~15% of a
     # step). One large dot also beats three small ones on CPU.
@@ -121,7 +121,7 @@ class Attention(nn.Module):
     qkv = x.reshape(b * t, d) @ w
     if cfg.use_bias:
       qkv = qkv + jnp.concatenate([params[n][1].reshape(-1) for n in heads])
-    q, k, v = (y.reshape(b, t, heads[n], hd) for n, y in
+    q, k, v = (y.reshape(b, t, heads[n][0], hd) for n, y in
                zip(heads, jnp.split(qkv, [cfg.n_heads * hd, (cfg.n_heads + cfg.n_kv_heads) * hd], axis=1)))
     if cfg.position == "rope":
       q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)

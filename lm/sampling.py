@@ -39,11 +39,10 @@ def sample_token(logits, rng, temperature: float, top_k: int = 0, top_p: float =
 
 def left_pad(prompts, pad_id: int, length: int | None = None):
   """list of 1-D token arrays -> (tokens, positions, segment_ids), each [B, P] (P = length or the longest)."""
-  p = max(len(x) for x in prompts)
-  if length is not None:
-    p = max(p, length)  # a fixed width lets callers reuse one compiled sampler for prompts of any length
-  if max(len(x) for x in prompts) == 0:
+  longest = max(len(x) for x in prompts)
+  if longest == 0:
     raise UserError("sampling: every prompt is empty; give at least one token (e.g. BOS)")
+  p = max(longest, length or 0)  # a fixed width lets callers reuse one compiled sampler for any prompt
   tokens = np.full((len(prompts), p), pad_id, np.int32)
   seg = np.zeros((len(prompts), p), np.int32)
   pos = np.zeros((len(prompts), p), np.int32)

@@ -27,17 +27,13 @@ from lm import sampling
 from lm import sharding
 from lm import tokenizer as tokenizer_lib
 from lm.data import lm_batches
-from lm.errors import UserError
+from lm.errors import Preempted, UserError
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteError(UserError):
   pass
-
-
-class Preempted(Exception):
-  """SIGTERM arrived; a checkpoint was saved. launch.py exits with status 143 so schedulers requeue the job."""
 
 
 # Fault injection for the resume tests: "step:N", "save:N" (SIGKILL right after dispatching step N, or while

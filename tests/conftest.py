@@ -24,13 +24,8 @@ def tiny_config(**overrides):
 
 def apply_overrides(c, overrides: dict):
   """Set dotted keys, e.g. {"model.d_model": 64}, as --config.model.d_model=64 would."""
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
+  from lm import config as config_lib
+  return config_lib.override(c, overrides)
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,7 @@ def main():
       losses = [e["loss"] for e in metrics.read(d, "train")]
     bad, sharded_params = check_shardings(cfg)
     out[mesh] = {"losses": losses, "bad_shardings": bad, "sharded_params": sharded_params,
-                 "devices": jax.device_count()}
+                 "devices": train.Setup(cfg).mesh.size}
   print("RESULT " + json.dumps(out))
 
 

@@ -37,6 +37,13 @@ def test_missing_config_file(tmp_path):
   _one_line_error(r, "does_not_exist.py")
 
 
+def test_config_file_that_raises(tmp_path):
+  bad = tmp_path / "broken_config.py"
+  bad.write_text("import no_such_module_here\n")
+  r = launch(f"--workdir={tmp_path / 'run'}", config=str(bad), tiny=False)
+  _one_line_error(r, "broken_config.py", "ModuleNotFoundError", "no_such_module_here")
+
+
 def test_workdir_with_another_config_is_refused_with_a_diff(tmp_path, shakespeare):
   ok = launch(f"--workdir={tmp_path}", "--config.train.steps=2", "--config.checkpoint.every=2")
   assert ok.returncode == 0, ok.stderr[-2000:]

@@ -9,15 +9,11 @@ import numpy as np
 import pytest
 
 from lm import metrics
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY_FLAGS
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--config.model.d_model=32", "--config.model.n_layers=2", "--config.model.max_len=32",
-        "--config.data.seq_len=32", "--config.train.batch_size=8", "--config.train.decay_steps=20",
-        "--config.train.warmup_steps=2", "--config.train.log_every=1", "--config.train.progress=False",
-        "--config.eval.every=3", "--config.eval.batch_size=8", "--config.eval.max_batches=1",
-        "--config.eval.sample_tokens=0", "--config.checkpoint.every=3"]
+TINY = [*TINY_FLAGS, "--config.train.decay_steps=20", "--config.eval.every=3", "--config.checkpoint.every=3"]
 
 
 def _free_port():

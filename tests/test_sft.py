@@ -1,8 +1,5 @@
 """Supervised fine-tuning: chat formatting and loss mask, packing, batches, JSONL data, errors, a short run."""
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +13,7 @@ from lm.data import jsonl
 from lm.data import sft
 from lm.errors import UserError
 from lm.objectives import pretrain
-from tests.conftest import ROOT, apply_overrides, tiny_config
+from tests.conftest import apply_overrides, launch, tiny_config
 
 TOK = tokenizer_lib.get()
 RECORDS = [{"prompt": "12+5=", "answer": "17"}, {"prompt": "what?", "answer": "a longer answer"},
@@ -196,10 +193,8 @@ def test_sft_run_on_jsonl_files_reports_held_out_answer_loss(tmp_path, shakespea
 
 def test_launch_reports_a_malformed_line_as_one_stderr_line(tmp_path):
   path = write(tmp_path / "bad.jsonl", ['{"prompt": "a", "answer": "b"}', "{oops"])
-  env = {**os.environ, "LM_TFDS_DIR": str(tmp_path / "tfds")}
-  proc = subprocess.run([sys.executable, "launch.py", "--config=configs/sft_jsonl.py", f"--workdir={tmp_path / 'run'}",
-                         f"--config.objective.train_files={path}"], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  proc = launch(f"--workdir={tmp_path / 'run'}", f"--config.objective.train_files={path}",
+                config="configs/sft_jsonl.py", tiny=False, env={"LM_TFDS_DIR": str(tmp_path / "tfds")}, timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   assert errors == [f"error: {path}:2: not valid JSON (Expecting property name enclosed in double quotes at column 2)"]

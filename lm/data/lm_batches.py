@@ -13,6 +13,8 @@ from lm import sharding
 from lm.data import sources
 from lm.errors import UserError
 
+FIELDS = ("inputs", "targets", "weights", "positions", "segment_ids")  # weights float32, the rest int32
+
 
 def split_tokens(data_cfg, split: str, tokenizer) -> np.ndarray:
   """All documents of a split as one token stream (EOS between documents)."""

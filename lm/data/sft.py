@@ -14,13 +14,13 @@ import numpy as np
 
 from lm import chat
 from lm import sharding
+from lm.data import lm_batches
 from lm.errors import UserError
 
 log = logging.getLogger(__name__)
 
 OVERLONG = ("truncate", "drop")
 MAX_OPEN = 64
-FIELDS = ("inputs", "targets", "weights", "positions", "segment_ids")
 
 
 def example_ids(tokenizer, rec: dict, system: str = "") -> tuple:
@@ -96,7 +96,7 @@ def pack(examples, seq_len: int) -> dict:
     elif len(open_rows) > MAX_OPEN:
       open_rows.pop(0)
   n_rows = len(remaining)
-  rows = {k: np.zeros((n_rows, seq_len), np.float32 if k == "weights" else np.int32) for k in FIELDS}
+  rows = {k: np.zeros((n_rows, seq_len), np.float32 if k == "weights" else np.int32) for k in lm_batches.FIELDS}
   fill, segments = np.zeros(n_rows, np.int64), np.zeros(n_rows, np.int32)
   for (ids, mask), r in zip(examples, row_of):
     n, s = len(ids) - 1, fill[r]

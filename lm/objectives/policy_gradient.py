@@ -46,7 +46,8 @@ def sequence_advantages(scores, o):
 
 
 def _values(model, params, tokens, positions, segment_ids, hidden, *, value: str, n: int):
-  """PPO's value per response slot: a linear head on the policy's final hidden states, or a separate critic."""
+  """PPO's value per response slot: a linear head on the policy's final hidden states (`hidden`), or a separate
+  critic, which runs its own trunk (`hidden` unused)."""
   if value == "critic":
     hidden = rollout_lib.forward(model, params["critic"]["trunk"], tokens, positions, segment_ids, n)[2]
     head = params["critic"]["head"]
@@ -61,7 +62,7 @@ def _score_rows(model, params, ref, tokens, positions, segment_ids, *, n, temper
   ref_logp = rollout_lib.forward(model, ref, tokens, positions, segment_ids, n, temperature)[1]
   if not value:
     return ref_logp, jnp.zeros_like(ref_logp)
-  hidden = rollout_lib.forward(model, params, tokens, positions, segment_ids, n, temperature)[2]
+  hidden = None if value == "critic" else rollout_lib.forward(model, params, tokens, positions, segment_ids, n)[2]
   return ref_logp, _values(model, params, tokens, positions, segment_ids, hidden, value=value, n=n)
 
 
@@ -113,8 +114,8 @@ def build(config, model, tokenizer) -> Objective:
     if not ppo:
       return params
     leaf = jax.tree.leaves(params)[0]
-    rep = jax.sharding.NamedSharding(leaf.sharding.mesh, jax.sharding.PartitionSpec()) \
-        if isinstance(leaf.sharding, jax.sharding.NamedSharding) else leaf.sharding
+    rep = sharding.replicated(leaf.sharding.mesh) if isinstance(leaf.sharding, jax.sharding.NamedSharding) \
+        else leaf.sharding
     head = {"kernel": jax.random.normal(rng, (model.cfg.d_model,)) * 0.02, "bias": jnp.zeros(())}
     head = jax.tree.map(lambda x: jax.device_put(x.astype(jnp.float32), rep), head)
     if o.value == "head":

@@ -97,10 +97,9 @@ def build(config, model, tokenizer) -> Objective:
 def _check_fits(tokenizer, examples, o, max_len: int):
   """Fail before training, not at the first eval, if a test prompt plus the answer budget exceeds the context."""
   from lm import chat
-  longest = max(examples, key=lambda ex: len(chat.prompt_ids(tokenizer, ex.prompt, o.system or None)))
-  n = len(chat.prompt_ids(tokenizer, longest.prompt, o.system or None))
+  n, prompt = max((len(chat.prompt_ids(tokenizer, ex.prompt, o.system or None)), ex.prompt) for ex in examples)
   if n + int(o.max_new_tokens) > max_len:
-    raise UserError(f"task {longest.prompt!r}: prompt of {n} tokens + objective.max_new_tokens={o.max_new_tokens} "
+    raise UserError(f"task {prompt!r}: prompt of {n} tokens + objective.max_new_tokens={o.max_new_tokens} "
                     f"exceeds model.max_len={max_len}; shorten the task or lower objective.max_new_tokens")
   if o.pass_n and max(o.pass_k) > o.pass_n:
     raise UserError(f"objective.pass_k={tuple(o.pass_k)} has k > objective.pass_n={o.pass_n} samples per prompt")

@@ -7,7 +7,7 @@ import importlib.util
 import json
 import sys
 
-
+from lm import config as config_lib
 from lm import evaluate
 from lm import objectives
 from lm import sharding
@@ -15,21 +15,20 @@ from lm import train
 from lm.data import lm_batches
 
 
+def _parse(item: str) -> tuple:
+  """"a.b=value" -> ("a.b", value), the value parsed as JSON when it can be."""
+  key, _, value = item.partition("=")
+  try:
+    return key, json.loads(value)
+  except json.JSONDecodeError:
+    return key, value
+
+
 def main(config_path: str, run_dir: str, *overrides):
   spec = importlib.util.spec_from_file_location("pg_config", config_path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
-  for item in overrides:  # dotted key=value, value parsed as JSON when it can be
-    key, _, value = item.partition("=")
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    try:
-      node[last] = json.loads(value)
-    except json.JSONDecodeError:
-      node[last] = value
+  config = config_lib.override(module.get_config(), dict(_parse(item) for item in overrides))
   setup = train.Setup(config)
   with sharding.use(setup.mesh, setup.rules):
     params = setup.load_params(run_dir)
