@@ -1,8 +1,10 @@
 """Entry point: python launch.py --config=configs/<experiment>.py --workdir=runs/<name> [--config.a.b=v ...]
 
-Modes (by the config's `mode`, default "train"): train (any objective), sample (from a run's checkpoint).
+Modes (by the config's `mode`, default "train"): train (any objective), sample and eval (a run's checkpoint:
+configs/sample.py, configs/eval.py).
 `--dry_run` compiles the train step for the mesh without allocating weights and prints sizes and memory.
-Bad input (unknown config key, bad value, missing file, corrupt data) ends with one line on stderr, exit 2.
+Bad input (unknown config key, bad value, missing file, corrupt data, a filesystem error) ends with one line on
+stderr, exit 2. SIGTERM and Ctrl-C save a checkpoint and exit 143 and 130.
 """
 import os
 import sys
@@ -48,7 +50,8 @@ def cannot_load(argv, e: Exception) -> str:
   return f"cannot load {where}: {type(e).__name__}" + (f": {lines[-1]}" if lines else "")
 
 
-def main(argv):
+def main(argv, hooks=()):
+  """`hooks`: extra lm.hooks.Hook for the train loop (tests inject faults this way)."""
   del argv
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TFDS are chatty at INFO
@@ -71,20 +74,27 @@ def main(argv):
     elif mode == "sample":
       from lm import sample
       sample.run(config)
+    elif mode == "eval":
+      from lm import eval_checkpoint
+      eval_checkpoint.run(config)
     elif mode == "train":
       if not _WORKDIR.value:
         fail("--workdir is required for training, e.g. --workdir=runs/shakespeare")
       from lm import train
-      result = train.run(config, _WORKDIR.value, allow_config_change=_OVERRIDE.value)
+      result = train.run(config, _WORKDIR.value, allow_config_change=_OVERRIDE.value, hooks=hooks)
       if result:
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     else:
-      fail(f"config mode={mode!r} is unknown; use train or sample")
+      fail(f"config mode={mode!r} is unknown; use train, sample or eval")
   except UserError as e:
     fail(str(e))
   except Preempted as e:
     print(str(e), file=sys.stderr)
-    sys.exit(143)
+    sys.exit(e.status)
+  except KeyboardInterrupt:
+    fail("interrupted (Ctrl-C) before training started; nothing was saved", status=130)
+  except OSError as e:  # a filesystem error outside the paths that report their own (disk full, permissions)
+    fail(f"{e.strerror or type(e).__name__}: {e.filename or e}")
 
 
 if __name__ == "__main__":

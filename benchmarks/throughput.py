@@ -20,9 +20,10 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from lm import model as model_lib, sharding, train  # noqa: E402
+from lm import losses, optim, sharding, step as step_lib  # noqa: E402
+from lm import model as model_lib  # noqa: E402
 from lm.data import lm_batches  # noqa: E402
-from lm.objectives import Objective, pretrain  # noqa: E402
+from lm.setup import Setup  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain_shakespeare.py", "Config to benchmark.")
 _STEPS = flags.DEFINE_integer("steps", 100, "Timed steps after warm-up.")
@@ -44,18 +45,18 @@ def peak_flops(device) -> float | None:
 def main(argv):
   del argv
   config = _CONFIG.value
-  setup = train.Setup(config)
+  setup = Setup(config)
   t, seq = config.train, config.data.seq_len
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 256, size=max(1_000_000, 4 * t.batch_size * (seq + 1))).astype(np.int32)
   source = lm_batches.RandomWindows(tokens, seq, t.batch_size, seed=0)
-  with sharding.use(setup.mesh, setup.rules):
-    optimizer, schedule = train.make_optimizer(t)
-    loss_fn = pretrain.token_loss_fn(setup.model, t.z_loss)
-    state = train.init_state(setup, optimizer, Objective(loss_fn=loss_fn, batches=source))
+  with setup.use():
+    optimizer, schedule = optim.make_optimizer(t)
+    loss_fn = losses.token_loss_fn(setup.model, t.z_loss)
+    state = step_lib.init_state(setup, optimizer, setup.init_params(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)), config.seed)
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = train.jit_train_step(train.make_train_step(loss_fn, optimizer, schedule, t.grad_accum), shardings,
-                                setup.mesh)
+    step = step_lib.jit_train_step(step_lib.make_train_step(loss_fn, optimizer, schedule, t.grad_accum), shardings,
+                                   setup.mesh)
     batch = sharding.global_batch(source(0), setup.mesh)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
@@ -76,7 +77,7 @@ def main(argv):
   peak = peak_flops(device)
   rows = [
       ("device", f"{device.device_kind} x {setup.mesh.size} ({jax.default_backend()})"),
-      ("params", f"{model_lib.count_params(state['params']):,}"),
+      ("params", f"{model_lib.count_params(state.params):,}"),
       ("batch x seq", f"{t.batch_size} x {seq} = {tokens_per_step:,} tokens/step"),
       ("dtype / remat", f"{cfg.dtype} / {cfg.remat}"),
       ("compile time", f"{compile_s:.2f} s"),

@@ -37,7 +37,6 @@ import numpy as np
 from tqdm import tqdm
 
 from lm import model as model_lib
-from lm import sharding
 from lm.errors import UserError
 
 MAGIC = b"LMAC"
@@ -80,7 +79,7 @@ def _chunk_nll(model, params, inputs, targets, weights):
 
 
 class Coder:
-  """Encode and decode byte strings with one model (a train.Setup and its params)."""
+  """Encode and decode byte strings with one model (an lm.setup.Setup and its params)."""
 
   def __init__(self, setup, params, chunk_size: int = 0, batch_size: int = 128):
     tok = setup.tokenizer
@@ -217,7 +216,7 @@ class Coder:
     return _ceil_div(n_chunks, _ceil_div(n_chunks, self.batch_size)) if n_chunks else 1
 
   def _context(self):
-    return sharding.use(self.setup.mesh, self.setup.rules)
+    return self.setup.use()
 
   def cross_entropy_bits(self, data: bytes, rows_per_call: int = 64) -> float:
     """The model's summed cross-entropy (bits) of `data` with the coder's chunks, start bytes and byte softmax,

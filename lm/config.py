@@ -1,20 +1,37 @@
-"""Config checks that run before anything compiles, and helpers to compare configs."""
+"""The config of a training run: its groups, the checks that run before anything compiles, and comparisons.
+
+Each group is declared once, with its defaults, allowed values and ranges, beside the code that reads it:
+`model.*` (lm/model.py), `train.*` (lm/optim.py), `data.*` (lm/data/sources.py), `mesh.*` (lm/sharding.py),
+`checkpoint.*` (lm/checkpoint.py), `eval.*` (here); `objective.*` by each objective (lm/objectives/<name>.py),
+which checks it when the run builds the objective. configs/base.py assembles the defaults.
+"""
+import dataclasses
 import json
 
+from lm import options
 from lm.errors import UserError
+from lm.options import option
 
-CHOICES = {
-    "model.norm": ("layernorm", "rmsnorm"), "model.mlp": ("gelu", "swiglu"), "model.position": ("learned", "rope"),
-    "model.dtype": ("float32", "bfloat16", "float16"), "model.param_dtype": ("float32", "bfloat16", "float16"),
-    "model.remat": ("none", "full", "dots", "dots_no_batch"), "model.attention_impl": ("xla", "cudnn", "auto"),
-    "train.schedule": ("cosine", "constant"), "train.nonfinite": ("stop", "skip"),
-}
-POSITIVE = ("model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads", "model.max_len", "data.seq_len",
-            "train.batch_size", "train.grad_accum", "eval.batch_size", "eval.every", "checkpoint.every",
-            "checkpoint.keep", "train.log_every")
-NON_NEGATIVE = ("train.steps", "train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay",
-                "train.grad_clip", "train.z_loss", "model.dropout", "model.sliding_window", "model.n_kv_heads",
-                "model.d_ff", "eval.max_batches", "eval.sample_tokens")
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(options.Group):
+  every: int = option(500, min=1, doc="steps between evaluations (and one at the end)")
+  batch_size: int = option(64, min=1)
+  max_batches: int = option(0, min=0, doc="0: the whole eval split")
+  sample_tokens: int = option(200, min=0, doc="a sample printed after training; 0: none")
+  sample_prompt: str = option("\n")
+
+
+def groups() -> dict:
+  from lm import checkpoint, model, optim, sharding
+  from lm.data import sources
+  return {"model": model.ModelConfig, "data": sources.DataConfig, "train": optim.TrainConfig, "eval": EvalConfig,
+          "mesh": sharding.MeshConfig, "checkpoint": checkpoint.CheckpointConfig}
+
+
+# Keys that cannot change a run's results: a workdir resumed with other values of these is the same run.
+COSMETIC = ("train.progress", "train.log_every", "eval.every", "eval.batch_size", "eval.max_batches",
+            "eval.sample_tokens", "eval.sample_prompt", "checkpoint.every", "checkpoint.keep")
 
 
 def flatten(d, prefix="") -> dict:
@@ -48,37 +65,46 @@ def diff(old: dict, new: dict) -> list:
   return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys if old.get(k) != new.get(k)]
 
 
+def result_diff(old: dict, new: dict) -> list:
+  """diff() of two flat configs without the keys that cannot change results, nor a longer train.steps when the
+  learning-rate schedule does not depend on it."""
+  old, new = dict(old), dict(new)
+  defaults = group_defaults()
+  for key in [k for k in new if k not in old and new[k] == defaults.get(k, object())]:
+    new.pop(key)  # an option added since the old run was made, at its default: the same run
+  for key in COSMETIC:
+    old.pop(key, None)
+    new.pop(key, None)
+  steps_free = new.get("train.schedule") == "constant" or new.get("train.decay_steps", 0)
+  if steps_free and new.get("train.steps", 0) >= old.get("train.steps", 0):
+    old.pop("train.steps", None)
+    new.pop("train.steps", None)
+  return diff(old, new)
+
+
+def group_defaults() -> dict:
+  """Flat {key: default} of every declared group."""
+  return flatten({name: group.config().to_dict() for name, group in groups().items()})
+
+
 def validate(config):
-  """Raise UserError listing every problem found (one per line)."""
-  flat = to_flat(config)
+  """Raise one UserError naming every problem of the run's groups (objective options excepted)."""
   problems = []
-  for key, choices in CHOICES.items():
-    if key in flat and flat[key] not in choices:
-      problems.append(f"{key}={flat[key]!r} must be one of {', '.join(choices)}")
-  for key in POSITIVE:
-    if key in flat and not (isinstance(flat[key], (int, float)) and flat[key] > 0):
-      problems.append(f"{key}={flat[key]!r} must be > 0")
-  for key in NON_NEGATIVE:
-    if key in flat and not (isinstance(flat[key], (int, float)) and flat[key] >= 0):
-      problems.append(f"{key}={flat[key]!r} must be >= 0")
-  m = config.model
-  if m.n_heads > 0 and m.d_model % m.n_heads:
-    problems.append(f"model.d_model={m.d_model} must be divisible by model.n_heads={m.n_heads}")
-  kv = m.n_kv_heads or m.n_heads
-  if kv > 0 and m.n_heads % kv:
-    problems.append(f"model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={kv}")
-  if m.position == "rope" and m.n_heads > 0 and (m.d_model // m.n_heads) % 2:
-    problems.append(f"rope needs an even head dim, got d_model/n_heads = {m.d_model // m.n_heads}")
-  if "seq_len" in config.data and config.data.seq_len > m.max_len:
-    problems.append(f"data.seq_len={config.data.seq_len} exceeds model.max_len={m.max_len}")
-  t = config.train
-  if t.batch_size > 0 and t.grad_accum > 0 and t.batch_size % t.grad_accum:
-    problems.append(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
-  if not 0 <= m.dropout < 1:
-    problems.append(f"model.dropout={m.dropout} must be in [0, 1)")
+  parsed = {}
+  for name, group in groups().items():
+    if name not in config:
+      problems.append(f"the config has no {name}.* group; start it from configs/base.py")
+      continue
+    parsed[name], found = group.problems(config[name], name, config)
+    problems += found
+  for key in ("seed",):
+    if not isinstance(config.get(key), int):
+      problems.append(f"{key}={config.get(key)!r} must be an int")
+  if "model" in parsed and "data" in parsed and parsed["model"] and parsed["data"] and \
+      parsed["data"].seq_len > parsed["model"].max_len:
+    problems.append(f"data.seq_len={parsed['data'].seq_len} exceeds model.max_len={parsed['model'].max_len}")
   if problems:
-    raise UserError("invalid config: " + "\n  ".join(problems) if len(problems) > 1 else
-                    f"invalid config: {problems[0]}")
+    raise UserError(options.format_problems(problems))
   _validate_mesh(config)
 
 
@@ -106,4 +132,4 @@ def _validate_mesh(config):
     if rows % per:
       problems.append(f"{key}={config[group][field]} (per micro-batch {rows}) must divide by mesh data*fsdp = {per}")
   if problems:
-    raise UserError("invalid config for this mesh: " + "; ".join(problems))
+    raise UserError(options.format_problems(problems, "invalid config for this mesh"))

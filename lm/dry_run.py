@@ -1,5 +1,5 @@
-"""Plan a run without allocating it: abstract params (jax.eval_shape), then lower and compile the train step for
-the mesh and read XLA's memory analysis. `launch.py --config=... --dry_run`.
+"""Plan a run without allocating it: abstract params (jax.eval_shape), then lower and compile the train step of the
+objective the config names for the mesh, and read XLA's memory analysis. `launch.py --config=... --dry_run`.
 
 Per-device figures: params and optimizer state from their shardings; activations and temporaries from the
 compiled step's temp buffers (what XLA must hold on top of the inputs while the step runs).
@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import model as model_lib
+from lm import objectives
+from lm import optim
 from lm import sharding
-from lm import train
-from lm.data import lm_batches
-from lm.objectives import pretrain
+from lm import step as step_lib
+from lm.setup import Setup
 
 GB = 1024**3
 
@@ -32,32 +33,34 @@ def _per_device_bytes(abstract_tree) -> int:
 
 
 def plan(config) -> dict:
-  setup = train.Setup(config)
+  setup = Setup(config)
   mesh, t = setup.mesh, config.train
-  with sharding.use(mesh, setup.rules):
-    optimizer, schedule = train.make_optimizer(t)
-    p_shard = setup.param_shardings()
-    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), setup.abstract_params(),
-                          p_shard)
+  with setup.use():
+    objective = objectives.build(setup)  # cheap: objectives read their data on the first batch
+    optimizer, schedule = optim.make_optimizer(t)
+    params = setup.abstract_params(sharded=True)
+    if objective.init_params is not None:  # extra heads: replicated unless they say otherwise
+      params = _placed(jax.eval_shape(objective.init_params, jax.random.PRNGKey(0), params), mesh)
+    p_shard = jax.tree.map(lambda x: x.sharding, params)
     opt_shard = sharding.opt_state_shardings(optimizer, params, p_shard, mesh)
     opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                        jax.eval_shape(optimizer.init, params), opt_shard)
     rep = sharding.replicated(mesh)
-    state = {"params": params, "opt_state": opt, "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
-             "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)}
-    b, s = t.batch_size, config.data.seq_len
+    state = step_lib.TrainState(params=params, opt_state=opt, step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+                                rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep))
     bsh = sharding.batch_sharding(mesh)
-    batch = {k: jax.ShapeDtypeStruct((b, s), jnp.float32 if k == "weights" else jnp.int32, sharding=bsh)
-             for k in lm_batches.FIELDS}
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = train.jit_train_step(train.make_train_step(pretrain.token_loss_fn(setup.model, t.z_loss), optimizer,
-                                                      schedule, t.grad_accum), state_shardings, mesh)
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=bsh), objective.batch_shapes())
+    step = step_lib.jit_train_step(
+        step_lib.make_train_step(objective.loss_fn, optimizer, schedule, t.grad_accum,
+                                 updates_per_step=objective.updates_per_step),
+        jax.tree.map(lambda x: x.sharding, state), mesh)
     t0 = time.time()
     compiled = step.lower(state, batch).compile()
     compile_s = time.time() - t0
   mem = compiled.memory_analysis()
   cfg = setup.model.cfg
   n_params = model_lib.count_params(params)
+  b, s = t.batch_size, config.data.seq_len
   return {
       "mesh": dict(mesh.shape), "devices": mesh.size, "params": n_params,
       "flops_per_token": model_lib.flops_per_token(cfg, s), "tokens_per_step": b * s,
@@ -69,6 +72,13 @@ def plan(config) -> dict:
       "alias_bytes_per_device": int(getattr(mem, "alias_size_in_bytes", 0)),
       "compile_s": compile_s,
   }
+
+
+def _placed(tree, mesh):
+  """Abstract leaves without a sharding (new heads) -> replicated over the mesh."""
+  rep = sharding.replicated(mesh)
+  return jax.tree.map(lambda x: x if getattr(x, "sharding", None) is not None else
+                      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
 
 
 def run(config):

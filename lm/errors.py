@@ -1,4 +1,4 @@
-"""The exceptions launch.py turns into an exit status: a problem with the input (2) or a preemption (143)."""
+"""The exceptions launch.py turns into an exit status: a problem with the input (2) or a stop on a signal."""
 
 
 class UserError(Exception):
@@ -6,4 +6,8 @@ class UserError(Exception):
 
 
 class Preempted(Exception):
-  """SIGTERM arrived; a checkpoint was saved. launch.py exits with status 143 so schedulers requeue the job."""
+  """SIGTERM (status 143, so schedulers requeue the job) or Ctrl-C (130) arrived; a checkpoint was saved."""
+
+  def __init__(self, message: str, status: int = 143):
+    super().__init__(message)
+    self.status = status

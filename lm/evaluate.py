@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import sharding
-from lm.objectives.pretrain import apply_lm, token_nll
+from lm.losses import apply_lm, token_nll
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

@@ -14,6 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm import options
+from lm.options import option
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = {
     "full": None,  # recompute everything in the backward pass
@@ -23,35 +26,45 @@ REMAT_POLICIES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  vocab_size: int
-  d_model: int
-  n_layers: int
-  n_heads: int
-  n_kv_heads: int
-  d_ff: int
-  max_len: int
-  norm: str = "layernorm"  # layernorm | rmsnorm
-  mlp: str = "gelu"  # gelu | swiglu
-  position: str = "learned"  # learned | rope
-  rope_theta: float = 10000.0
-  use_bias: bool = False
-  tie_embeddings: bool = True
-  sliding_window: int = 0  # 0: full causal attention
-  dropout: float = 0.0
-  norm_eps: float = 1e-5
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: str = "none"  # none | full | dots | dots_no_batch
-  attention_impl: str = "xla"  # xla | cudnn | auto (cudnn on GPUs); cudnn ignores segment ids: unpacked data only
+class ModelConfig(options.Group):
+  """The `model.*` config group. Parsed configs have n_kv_heads and d_ff resolved (never 0)."""
+  vocab_size: int = option(264, min=1, doc="256 bytes + 6 specials, padded to a multiple of 8 so it shards evenly")
+  d_model: int = option(128, min=1)
+  n_layers: int = option(4, min=1)
+  n_heads: int = option(4, min=1)
+  n_kv_heads: int = option(0, min=0, doc="0: n_heads; fewer: grouped-query attention")
+  d_ff: int = option(0, min=0, doc="0: 4 * d_model")
+  max_len: int = option(64, min=1, doc="context length (and the learned position table's size)")
+  norm: str = option("layernorm", choices=("layernorm", "rmsnorm"))
+  mlp: str = option("gelu", choices=("gelu", "swiglu"))
+  position: str = option("learned", choices=("learned", "rope"))
+  rope_theta: float = option(10000.0, above=0)
+  use_bias: bool = option(False)
+  tie_embeddings: bool = option(True)
+  sliding_window: int = option(0, min=0, doc="0: full causal attention")
+  dropout: float = option(0.0, min=0.0, max=0.999)
+  norm_eps: float = option(1e-5, above=0)
+  dtype: str = option("float32", choices=tuple(DTYPES))
+  param_dtype: str = option("float32", choices=tuple(DTYPES))
+  remat: str = option("none", choices=("none", *REMAT_POLICIES))
+  # cudnn ignores segment ids: unpacked data only; auto: cudnn on GPUs
+  attention_impl: str = option("xla", choices=("xla", "cudnn", "auto"))
+
+  def check(self, config) -> list:
+    problems = []
+    if self.d_model % self.n_heads:
+      problems.append(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+    kv = self.n_kv_heads or self.n_heads
+    if self.n_heads % kv:
+      problems.append(f"model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={kv}")
+    if self.position == "rope" and (self.d_model // self.n_heads) % 2:
+      problems.append(f"rope needs an even head dim, got d_model/n_heads = {self.d_model // self.n_heads}")
+    return problems
 
   @classmethod
   def from_config(cls, model_cfg) -> "ModelConfig":
-    d = dict(model_cfg)
-    d["n_kv_heads"] = d.get("n_kv_heads") or d["n_heads"]
-    d["d_ff"] = d.get("d_ff") or 4 * d["d_model"]
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})
+    cfg = cls.parse(model_cfg, "model")
+    return dataclasses.replace(cfg, n_kv_heads=cfg.n_kv_heads or cfg.n_heads, d_ff=cfg.d_ff or 4 * cfg.d_model)
 
   @property
   def head_dim(self) -> int:

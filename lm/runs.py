@@ -1,4 +1,4 @@
-"""Open a finished (or running) run directory: its resolved config and its newest params."""
+"""Open a finished (or running) run directory: its resolved config and its newest readable params."""
 import json
 import os
 
@@ -11,14 +11,18 @@ def load_config(run_dir: str) -> ml_collections.ConfigDict:
   path = os.path.join(run_dir, "config.json")
   if not os.path.exists(path):
     raise UserError(f"{run_dir!r} is not a run directory (no config.json); give the --workdir of a training run")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read {path}: {e}") from None
 
 
 def load(run_dir: str, mesh_overrides: dict | None = None):
   """(Setup, params) of a run, on the current devices (data-parallel mesh unless overridden)."""
-  from lm import train
+  from lm.setup import Setup
   config = load_config(run_dir)
-  config.mesh.update(data=-1, fsdp=1, tensor=1, **(mesh_overrides or {}))
-  setup = train.Setup(config)
-  return setup, setup.load_params(run_dir)
+  config.mesh.update(data=-1, fsdp=1, tensor=1, num_devices=0, **(mesh_overrides or {}))
+  setup = Setup(config)
+  with setup.use():
+    return setup, setup.load_params(run_dir)

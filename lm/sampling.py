@@ -98,3 +98,21 @@ def generate(model, params, prompts, rng, max_new_tokens: int, temperature: floa
                                       eos_id=int(eos_id), pad_id=int(pad_id))
   return {"tokens": toks, "logprobs": logps, "mask": mask, "truncated": ~done,
           "prompt_tokens": tokens, "prompt_positions": positions, "prompt_segment_ids": segment_ids}
+
+
+def sample_text(model, params, tokenizer, prompt: str, n_tokens: int, rng, temperature=0.8, top_k=0) -> str:
+  """Sample n_tokens after prompt; past the model's context, keep the last half-context as the prompt."""
+  max_len = model.cfg.max_len
+  ids = list(tokenizer.encode(prompt))
+  out, chunk = [], max(1, max_len // 2)
+  while len(out) < n_tokens:
+    context = (ids + out)[-(max_len - chunk):]
+    rng, sub = jax.random.split(rng)
+    res = generate(model, params, [np.asarray(context, np.int32)], sub, min(chunk, n_tokens - len(out)),
+                   temperature=temperature, top_k=top_k, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                   prompt_len=max_len - chunk)
+    new = np.asarray(res["tokens"][0])[np.asarray(res["mask"][0])].tolist()
+    out += new
+    if not new or new[-1] == tokenizer.eos_id:
+      break
+  return prompt + tokenizer.decode(np.asarray(out, np.int32))

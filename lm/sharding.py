@@ -5,6 +5,7 @@ partitioner propagates the rest. (Explicit axes would make every sharded contrac
 sharding, which the model code must not need to know.)
 """
 import contextlib
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -12,9 +13,35 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from lm import options
 from lm.errors import UserError
+from lm.options import option
 
 AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axes. Params use the plain names, activations the act_* names, so a tensor dimension is
+# never sharded twice over one mesh axis.
+RULES = dict(batch=("data", "fsdp"), length=None, pos=None, head_dim=None, embed="fsdp", vocab="tensor",
+             heads="tensor", kv_heads="tensor", mlp="tensor", act_embed=None, act_vocab="tensor",
+             act_heads="tensor", act_kv_heads="tensor", act_mlp="tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig(options.Group):
+  data: int = option(-1, min=-1, doc="-1: all devices not used by the other axes")
+  fsdp: int = option(1, min=-1)
+  tensor: int = option(1, min=-1)
+  num_devices: int = option(0, min=0, doc="0: every visible device; N: the first N")
+  rules: dict = option(RULES, doc="logical axis -> mesh axis, tuple of mesh axes, or None (replicated)")
+
+  def check(self, config) -> list:
+    problems = [f"mesh.{a}=0 must be a positive size or -1" for a in AXES if getattr(self, a) == 0]
+    for name, axes in self.rules.items():
+      axes = (axes,) if isinstance(axes, str) else (axes or ())
+      bad = [a for a in axes if a not in AXES]
+      if bad:
+        problems.append(f"mesh.rules.{name} names {', '.join(map(repr, bad))}; mesh axes are {', '.join(AXES)}")
+    return problems
 
 
 def mesh_shape(mesh_cfg, n_devices: int) -> tuple:
@@ -89,10 +116,11 @@ def batch_divisor(mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def global_batch(local: dict, mesh) -> dict:
-  """Process-local numpy rows -> global jax.Arrays sharded over (data, fsdp)."""
+def global_batch(local, mesh):
+  """Process-local numpy rows (any pytree of arrays with rows first) -> global jax.Arrays sharded over
+  (data, fsdp)."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+  return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), local)
 
 
 def local_rows(global_rows: int) -> slice:

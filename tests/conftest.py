@@ -47,11 +47,12 @@ TINY_FLAGS = ["--config.model.d_model=32", "--config.model.n_layers=2", "--confi
               "--config.eval.max_batches=1", "--config.eval.sample_tokens=0"]
 
 
-def launch(*args, env=None, config="configs/pretrain_shakespeare.py", tiny=True, timeout=600):
-  """Run launch.py in a subprocess; returns CompletedProcess (text)."""
+def launch(*args, env=None, config="configs/pretrain_shakespeare.py", tiny=True, timeout=600, fault=None):
+  """Run launch.py in a subprocess (with `fault`, tests/faults.py's injected fault); returns CompletedProcess."""
   import subprocess
   import sys
   full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
   full_env.pop("XLA_FLAGS", None)
-  cmd = [sys.executable, str(ROOT / "launch.py"), f"--config={config}", *(TINY_FLAGS if tiny else []), *args]
+  entry = [str(ROOT / "tests" / "faults.py"), fault] if fault else [str(ROOT / "launch.py")]
+  cmd = [sys.executable, *entry, f"--config={config}", *(TINY_FLAGS if tiny else []), *args]
   return subprocess.run(cmd, env=full_env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

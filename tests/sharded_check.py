@@ -8,7 +8,9 @@ import jax
 from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
-from lm import metrics, sharding, train  # noqa: E402
+from lm import metrics, optim, train  # noqa: E402
+from lm import step as step_lib  # noqa: E402
+from lm.setup import Setup  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
 MESHES = {"single": (1, 1, 1, 1), "data8": (8, 1, 1, 0), "fsdp8": (1, 8, 1, 0), "tensor8": (1, 1, 8, 0),
@@ -30,11 +32,10 @@ def expected_spec(logical, rules):
 
 def check_shardings(cfg):
   import flax.linen as nn
-  setup = train.Setup(cfg)
-  with sharding.use(setup.mesh, setup.rules):
-    from lm.objectives import Objective
-    opt, _ = train.make_optimizer(cfg.train)
-    state = train.init_state(setup, opt, Objective(loss_fn=None, batches=None))
+  setup = Setup(cfg)
+  with setup.use():
+    opt, _ = optim.make_optimizer(cfg.train)
+    state = step_lib.init_state(setup, opt, setup.init_params(jax.random.PRNGKey(1)), cfg.seed).to_dict()
     logical = nn.get_partition_spec(setup.abstract_params(boxed=True))
     bad = []
     flat_state = jax.tree_util.tree_leaves_with_path(state["params"])
@@ -69,7 +70,7 @@ def main():
       losses = [e["loss"] for e in metrics.read(d, "train")]
     bad, sharded_params = check_shardings(cfg)
     out[mesh] = {"losses": losses, "bad_shardings": bad, "sharded_params": sharded_params,
-                 "devices": train.Setup(cfg).mesh.size}
+                 "devices": Setup(cfg).mesh.size}
   print("RESULT " + json.dumps(out))
 
 

@@ -85,3 +85,20 @@ def test_init_from_a_checkpoint_of_another_shape(tmp_path, shakespeare):
   assert ok.returncode == 0, ok.stderr[-2000:]
   r = launch(f"--workdir={tmp_path / 'dst'}", "--config.model.d_model=64", f"--config.checkpoint.init_from={src}")
   _one_line_error(r, "shape", "model")
+
+
+def test_eval_mode_scores_any_checkpoint_on_any_task(tmp_path, shakespeare):
+  import json
+  src = tmp_path / "src"
+  ok = launch(f"--workdir={src}", "--config.train.steps=1", "--config.checkpoint.every=1")
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  r = launch(f"--config.checkpoint={src}", "--config.task=addition", "--config.task_options=digits=2",
+             "--config.examples=6", "--config.pass_n=2", "--config.pass_k=(1,2)", "--config.pass_prompts=3",
+             config="configs/eval.py", tiny=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out["task"] == "addition" and out["task_options"] == {"digits": 2}
+  for key in ("bits_per_byte", "exact_match", "pass@1", "pass@2", "best_of_2"):
+    assert key in out, key
+  r = launch(f"--config.checkpoint={src}", "--config.task=additon", config="configs/eval.py", tiny=False)
+  _one_line_error(r, "additon", "addition")

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from lm import checkpoint as ckpt_lib
 from lm import compress
 from lm import compression
-from lm import train
+from lm.setup import Setup
 from lm.errors import UserError
 from tests.conftest import tiny_config
 
@@ -34,7 +34,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def setup():
-  return train.Setup(tiny_config())
+  return Setup(tiny_config())
 
 
 @pytest.fixture(scope="module")

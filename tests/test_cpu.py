@@ -5,31 +5,32 @@ import jax
 import numpy as np
 import pytest
 
-from lm import cpu, train
+from lm import cpu, losses, optim
+from lm import step as step_lib
 from lm.data import lm_batches
-from lm.objectives import Objective, pretrain
+from lm.setup import Setup
 from tests.conftest import tiny_config
 
 
 def test_cpu_compiler_options_give_the_default_compilers_losses_and_params():
   """Five train steps compiled with and without lm.cpu's options agree to float32 rounding."""
   c = tiny_config()
-  setup = train.Setup(c)
+  setup = Setup(c)
   tokens = np.random.default_rng(0).integers(0, 256, size=5000).astype(np.int32)
   source = lm_batches.RandomWindows(tokens, c.data.seq_len, c.train.batch_size, seed=0)
-  optimizer, schedule = train.make_optimizer(c.train)
-  loss_fn = pretrain.token_loss_fn(setup.model, c.train.z_loss)
-  step = train.make_train_step(loss_fn, optimizer, schedule)
+  optimizer, schedule = optim.make_optimizer(c.train)
+  loss_fn = losses.token_loss_fn(setup.model, c.train.z_loss)
+  step = step_lib.make_train_step(loss_fn, optimizer, schedule)
   assert cpu.compiler_options() == cpu.COMPILER_OPTIONS  # the tests run on CPU
-  new_state = lambda: train.init_state(setup, optimizer, Objective(loss_fn=loss_fn, batches=source))
+  new_state = lambda: step_lib.init_state(setup, optimizer, setup.init_params(jax.random.PRNGKey(1)), c.seed)
   shardings = jax.tree.map(lambda x: x.sharding, new_state())
   runs = []
-  for jitted in (jax.jit(step), train.jit_train_step(step, shardings, setup.mesh)):
-    state, losses = new_state(), []
+  for jitted in (jax.jit(step), step_lib.jit_train_step(step, shardings, setup.mesh)):
+    state, seen = new_state(), []
     for i in range(5):
       state, m = jitted(state, source(i))
-      losses.append(float(m["loss"]))
-    runs.append((losses, jax.tree.leaves(state["params"])))
+      seen.append(float(m["loss"]))
+    runs.append((seen, jax.tree.leaves(state.params)))
   (losses_a, params_a), (losses_b, params_b) = runs
   np.testing.assert_allclose(losses_b, losses_a, rtol=1e-5)
   for a, b in zip(params_a, params_b):

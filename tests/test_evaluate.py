@@ -93,3 +93,37 @@ def test_task_metrics_with_a_real_sampler():
   b = evaluate.generate_responses(model, params, tok, [e.prompt for e in exs], jax.random.PRNGKey(2),
                                   max_new_tokens=4, batch_size=8)
   assert [x[0]["text"] for x in a] == [x[0]["text"] for x in b] and len(a) == 5
+
+
+def test_bits_per_byte_divides_by_bytes_not_tokens():
+  """Specials carry 0 bytes and some tokens several: bits/byte = sum NLL / ln 2 / sum of the targets' bytes."""
+  from lm.setup import Setup
+
+  class MultiByte(type(tokenizer_lib.get("byte"))):
+    def bytes_per_token(self):
+      b = super().bytes_per_token().copy()
+      b[10:20] = 3  # ten "tokens" of three bytes each
+      return b
+
+  setup = Setup(tiny_config())
+  params = setup.init_params(jax.random.PRNGKey(0))
+  tok = MultiByte()
+  rng = np.random.default_rng(3)
+  targets = rng.integers(0, 264, size=(8, 32)).astype(np.int32)
+  targets[:, :4] = tok.eos_id  # specials: 0 bytes each
+  targets[:, 4:8] = 12  # 3 bytes each
+  batch = {"inputs": rng.integers(0, 256, size=(8, 32)).astype(np.int32), "targets": targets,
+           "weights": (rng.random((8, 32)) > 0.2).astype(np.float32),
+           "positions": np.broadcast_to(np.arange(32, dtype=np.int32), (8, 32)).copy(),
+           "segment_ids": np.ones((8, 32), np.int32)}
+  with setup.use():
+    got = evaluate.bits_per_byte(setup.model, params, [batch], tok, setup.mesh)
+    logits, _ = setup.model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
+  logp = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64)))
+  nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  w = batch["weights"]
+  n_bytes = (tok.bytes_per_token()[targets] * w).sum()
+  assert n_bytes != w.sum()  # the case where tokens and bytes differ
+  np.testing.assert_allclose(got["bits_per_byte"], (nll * w).sum() / np.log(2) / n_bytes, rtol=1e-5)
+  np.testing.assert_allclose(got["loss"], (nll * w).sum() / w.sum(), rtol=1e-5)
+  assert got["eval_tokens"] == int(w.sum())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lm import model as model_lib
-from lm.objectives import pretrain
+from lm import losses
 from tests.conftest import tiny_config
 
 GPT = {}
@@ -35,11 +35,27 @@ def test_loss_matches_numpy_cross_entropy():
   logits = rng.normal(size=(3, 7, 11)).astype(np.float32) * 3
   targets = rng.integers(0, 11, size=(3, 7))
   weights = (rng.random((3, 7)) > 0.3).astype(np.float32)
-  loss, _ = pretrain.lm_loss(jnp.asarray(logits), {"targets": jnp.asarray(targets), "weights": jnp.asarray(weights)})
+  loss, _ = losses.lm_loss(jnp.asarray(logits), {"targets": jnp.asarray(targets), "weights": jnp.asarray(weights)})
   m = logits.max(-1, keepdims=True)
   logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
   nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
   np.testing.assert_allclose(float(loss), (nll * weights).sum() / weights.sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [GPT, LLAMA, MISTRAL], ids=["gpt2", "llama", "mistral"])
+def test_causal_mask_future_tokens_never_change_past_logits(overrides):
+  """Changing token t+1 leaves the logits at positions <= t unchanged and changes later ones (every attention
+  implementation that runs on CPU: the XLA path; full and sliding-window masks)."""
+  model, params = build(overrides)
+  rng = np.random.default_rng(7)
+  tokens = rng.integers(0, 256, size=(1, 12)).astype(np.int32)
+  base, _ = jitted(model)({"params": params}, jnp.asarray(tokens))
+  for t in (0, 4, 10):
+    changed = tokens.copy()
+    changed[0, t + 1] = (changed[0, t + 1] + 1) % 256
+    out, _ = jitted(model)({"params": params}, jnp.asarray(changed))
+    np.testing.assert_array_equal(np.asarray(out)[0, :t + 1], np.asarray(base)[0, :t + 1])
+    assert np.abs(np.asarray(out)[0, t + 1] - np.asarray(base)[0, t + 1]).max() > 1e-6
 
 
 @pytest.mark.parametrize("overrides", [GPT, LLAMA, MISTRAL], ids=["gpt2", "llama", "mistral"])
@@ -101,7 +117,6 @@ def test_param_count_formula_mistral_7b():
 @pytest.mark.parametrize("overrides,tol", [({"model.remat": "dots"}, 1e-6), ({"model.dtype": "bfloat16"}, 3e-2)],
                          ids=["remat-dots", "bf16"])
 def test_remat_and_bf16_match_the_plain_float32_loss_and_grads(overrides, tol):
-  from lm.objectives.pretrain import token_loss_fn
   model, params = build(GPT)
   other, _ = build(overrides)
   rng = np.random.default_rng(4)
@@ -109,7 +124,7 @@ def test_remat_and_bf16_match_the_plain_float32_loss_and_grads(overrides, tol):
   batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:], "weights": np.ones((2, 16), np.float32),
            "positions": np.broadcast_to(np.arange(16), (2, 16)), "segment_ids": np.ones((2, 16), np.int32)}
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  grad = lambda m: jax.jit(jax.value_and_grad(lambda p: token_loss_fn(m)(p, batch, None)[0]))(params)
+  grad = lambda m: jax.jit(jax.value_and_grad(lambda p: losses.token_loss_fn(m)(p, batch, None)[0]))(params)
   (l0, g0), (l1, g1) = grad(model), grad(other)
   np.testing.assert_allclose(l1, l0, rtol=tol)
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):

@@ -12,7 +12,7 @@ from lm import tokenizer as tokenizer_lib
 from lm.data import jsonl
 from lm.data import sft
 from lm.errors import UserError
-from lm.objectives import pretrain
+from lm import losses
 from tests.conftest import apply_overrides, launch, tiny_config
 
 TOK = tokenizer_lib.get()
@@ -67,8 +67,8 @@ def test_packed_loss_equals_token_weighted_sum_over_unpacked_examples():
   params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
   exs = examples()
   packed = sft.pack(exs, 32)
-  loss, metrics = jax.jit(pretrain.token_loss_fn(model))(params, packed, None)
-  weighted_nll = jax.jit(lambda p, row: (pretrain.token_nll(pretrain.apply_lm(model, p, row), row["targets"])[0]
+  loss, metrics = jax.jit(losses.token_loss_fn(model))(params, packed, None)
+  weighted_nll = jax.jit(lambda p, row: (losses.token_nll(losses.apply_lm(model, p, row), row["targets"])[0]
                                           * row["weights"]).sum())
   nll_sum, tokens = 0.0, 0.0
   for ex in exs:  # each example alone in its own row
@@ -174,7 +174,7 @@ def test_sft_run_reports_task_metrics_and_fine_tunes_a_checkpoint(tmp_path, shak
   result = train.run(sft_config(tmp_path, **{"checkpoint.init_from": first, "train.steps": 2, "eval.every": 2}),
                      str(tmp_path / "second"))
   assert "exact_match" in result
-  with pytest.raises(UserError, match="has shape .* but the model wants"):
+  with pytest.raises(UserError, match="has shape .* in the checkpoint, .* here"):
     train.run(sft_config(tmp_path, **{"checkpoint.init_from": first, "model.d_model": 64}), str(tmp_path / "third"))
 
 

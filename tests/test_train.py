@@ -39,15 +39,18 @@ def test_straight_run_trains_and_writes_the_workdir(straight):
 
 @pytest.mark.parametrize("fault", ["step:15", "save:20"])
 def test_sigkill_then_rerun_equals_straight_run(straight, tmp_path, fault):
-  killed = launch(f"--workdir={tmp_path}", *RUN, env={"LM_FAULT_AT": fault})
+  killed = launch(f"--workdir={tmp_path}", *RUN, fault=fault)
   assert killed.returncode == -9
   resumed = launch(f"--workdir={tmp_path}", *RUN)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
+  # it really resumed: from 10 (killed at 15), or from 10 or 20 (killed while 20 was being written)
+  assert any(f"resumed from {tmp_path}/checkpoints at step {n}" in resumed.stderr
+             for n in ([10] if fault == "step:15" else [10, 20])), resumed.stderr[-2000:]
   assert events(tmp_path) == events(straight)
 
 
 def test_sigterm_saves_a_checkpoint_then_resume_is_exact(straight, tmp_path):
-  r = launch(f"--workdir={tmp_path}", *RUN, env={"LM_FAULT_AT": "term:13"})
+  r = launch(f"--workdir={tmp_path}", *RUN, fault="term:13")
   assert r.returncode == 143 and "saved a checkpoint at step 13" in r.stderr
   assert "13" in os.listdir(tmp_path / "checkpoints")
   r = launch(f"--workdir={tmp_path}", *RUN)
@@ -86,20 +89,34 @@ def test_nonfinite_skip_leaves_params_untouched():
   import jax
   import jax.numpy as jnp
   import optax
-  from lm import train
+  from lm import step as step_lib
 
   def loss_fn(params, batch, rng):  # NaN exactly when the batch says so
     loss = jnp.sum(params["w"] ** 2) + jnp.where(batch["poison"] > 0, jnp.nan, 0.0)
     return loss, {}
 
   opt = optax.sgd(0.1)
-  step = jax.jit(train.make_train_step(loss_fn, opt, lambda s: 0.1, skip_nonfinite=True))
+  step = jax.jit(step_lib.make_train_step(loss_fn, opt, lambda s: 0.1, skip_nonfinite=True))
   params = {"w": jnp.ones(3)}
-  state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32),
-           "rng": jax.random.PRNGKey(0)}
+  state = step_lib.TrainState(params=params, opt_state=opt.init(params), step=jnp.zeros((), jnp.int32),
+                              rng=jax.random.PRNGKey(0))
   state, m = step(state, {"poison": jnp.ones(())})
-  assert float(m["finite"]) == 0.0 and int(state["step"]) == 1
-  np.testing.assert_array_equal(state["params"]["w"], np.ones(3))
+  assert float(m["finite"]) == 0.0 and int(state.step) == 1
+  np.testing.assert_array_equal(state.params["w"], np.ones(3))
   state, m = step(state, {"poison": jnp.zeros(())})
   assert float(m["finite"]) == 1.0
-  np.testing.assert_allclose(state["params"]["w"], 0.8 * np.ones(3), rtol=1e-6)
+  np.testing.assert_allclose(state.params["w"], 0.8 * np.ones(3), rtol=1e-6)
+
+
+def test_resume_with_dropout_restores_the_rng(tmp_path, shakespeare):
+  """With dropout, every step's masks come from the run's RNG: a resumed run matches the straight one only if the
+  checkpoint's RNG (not a fresh key) is restored."""
+  run = [*RUN, "--config.model.dropout=0.2"]
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  assert launch(f"--workdir={straight}", *run).returncode == 0
+  killed = launch(f"--workdir={resumed}", *run, fault="step:15")
+  assert killed.returncode == -9
+  r = launch(f"--workdir={resumed}", *run)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f"resumed from {resumed}/checkpoints at step 10" in r.stderr
+  assert events(resumed) == events(straight)

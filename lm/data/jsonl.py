@@ -2,11 +2,10 @@
 
 One JSON object per line, either {"prompt": str, "answer": str} or {"messages": [{"role", "content"}, ...]}
 (roles system/user/assistant, at least one assistant turn); other keys are ignored and blank lines skipped.
-Like sources.TextFolder, the files are prepared once to array_record, in a directory keyed by their paths,
-sizes and mtimes, so editing a file re-prepares it.
+Like sources.TextFolder, the files are prepared once to array_record (sources.local_builder), so editing a file
+re-prepares it.
 """
 import glob
-import hashlib
 import json
 import os
 
@@ -107,15 +106,9 @@ def source(split_files: dict, tfds_dir: str) -> dict:
   for split, paths in split_files.items():
     if not sum(1 for p in paths for _ in read(p)):
       raise UserError(f"JSONL {split} data {', '.join(paths)} holds no examples")
-  h = hashlib.sha1()
-  for split, paths in sorted(split_files.items()):
-    for p in paths:
-      st = os.stat(p)
-      h.update(f"{split}:{p}:{st.st_size}:{st.st_mtime_ns}".encode())
-  builder = JsonlFiles(split_files=split_files, file_format="array_record",
-                       data_dir=os.path.join(os.path.expanduser(tfds_dir), "jsonl_files", h.hexdigest()[:12]))
-  sources.prepared(builder, builder.download_and_prepare)
-  return {split: sources._data_source(builder, split) for split in split_files}  # pylint: disable=protected-access
+  builder = sources.local_builder(JsonlFiles, "jsonl_files", split_files, os.path.expanduser(tfds_dir),
+                                  split_files=split_files)
+  return {split: sources.data_source(builder, split) for split in split_files}
 
 
 def record(ex) -> dict:

@@ -16,6 +16,13 @@ from lm.errors import UserError
 FIELDS = ("inputs", "targets", "weights", "positions", "segment_ids")  # weights float32, the rest int32
 
 
+def shapes(rows: int, seq_len: int) -> dict:
+  """The batch format as ShapeDtypeStructs (global shapes), for compiling without data."""
+  import jax
+  import jax.numpy as jnp
+  return {k: jax.ShapeDtypeStruct((rows, seq_len), jnp.float32 if k == "weights" else jnp.int32) for k in FIELDS}
+
+
 def split_tokens(data_cfg, split: str, tokenizer) -> np.ndarray:
   """All documents of a split as one token stream (EOS between documents)."""
   ds = grain.MapDataset.source(sources.source(data_cfg, split)).map(lambda ex: ex["text"])

@@ -4,13 +4,33 @@ Datasets are prepared once as array_record and read with `tfds.data_source` (ran
 train time). Preparation runs on process 0 while the others wait. Offline preparation: put the raw files in a
 manual dir (`data.manual_dir` or $LM_MANUAL_DIR; for tiny_shakespeare the folder holding input.txt).
 """
+import dataclasses
 import glob
 import hashlib
 import os
 
 import tensorflow_datasets as tfds
 
+from lm import options
 from lm.errors import UserError
+from lm.options import option
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(options.Group):
+  name: str = option("tiny_shakespeare", doc="a TFDS catalog name, or 'text_folder' (then data.path)")
+  path: str = option("", doc="text_folder: a directory of *.txt files")
+  tfds_dir: str = option("", doc="'': $LM_TFDS_DIR or ~/tensorflow_datasets")
+  manual_dir: str = option("", doc="'': $LM_MANUAL_DIR; the folder holding raw files for offline preparation")
+  seq_len: int = option(64, min=1)
+  train_split: str = option("train")
+  eval_split: str = option("validation")
+
+  def check(self, config) -> list:
+    if self.name == "text_folder" and not self.path:
+      return ["data.name='text_folder' needs data.path (a directory of *.txt files); without it nothing says "
+              "which files to train on"]
+    return []
 
 
 def data_dir(data_cfg) -> str:
@@ -65,10 +85,10 @@ def catalog_source(data_cfg, split: str):
                       f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
   prepared(builder, prepare)
-  return _data_source(builder, split)
+  return data_source(builder, split)
 
 
-def _data_source(builder, split):
+def data_source(builder, split):
   if split not in builder.info.splits:
     raise UserError(f"dataset {builder.name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
   return builder.as_data_source(split=split)
@@ -132,18 +152,24 @@ def read_text(path: str) -> bytes:
   return data
 
 
+def local_builder(builder_cls, kind: str, files: dict, tfds_dir: str, **kwargs):
+  """A TFDS builder of local files ({split or "": [paths]}), prepared once as array_record in
+  <tfds_dir>/<kind>/<hash>, the hash of the files' paths, sizes and mtimes, so editing a file re-prepares it."""
+  h = hashlib.sha1()
+  for split, paths in sorted(files.items()):
+    for p in paths:
+      st = os.stat(p)
+      h.update(f"{split}:{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+  builder = builder_cls(data_dir=os.path.join(tfds_dir, kind, h.hexdigest()[:12]), file_format="array_record",
+                        **kwargs)
+  prepared(builder, builder.download_and_prepare)
+  return builder
+
+
 def text_folder_source(data_cfg, split: str):
   folder = os.path.abspath(data_cfg.path or "")
-  files = text_files(folder)
-  # The prepared copy is keyed by the folder's contents, so editing a file re-prepares it.
-  h = hashlib.sha1()
-  for p in files:
-    st = os.stat(p)
-    h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
-  builder = TextFolder(folder=folder, data_dir=os.path.join(data_dir(data_cfg), "text_folder", h.hexdigest()[:12]),
-                       file_format="array_record")
-  prepared(builder, builder.download_and_prepare)
-  return _data_source(builder, split)
+  builder = local_builder(TextFolder, "text_folder", {"": text_files(folder)}, data_dir(data_cfg), folder=folder)
+  return data_source(builder, split)
 
 
 def source(data_cfg, split: str):

@@ -5,17 +5,16 @@ list[str]) -> float array [B]: batched, a function of (prompt, response) only. `
 weighted sum, e.g. "task:1.0,format:0.1"; options a reward reads live in `config.objective.reward_args`.
 Adding a reward is adding a file (a learned reward model is one whose `build` loads its params).
 """
-import importlib
-import pkgutil
-
 import numpy as np
 
 from lm.errors import UserError
+from lm.registry import Registry
+
+REGISTRY = Registry("lm.rewards", "reward")
 
 
 def names() -> list:
-  import lm.rewards as pkg
-  return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+  return REGISTRY.names()
 
 
 def parse(spec: str) -> list:
@@ -33,9 +32,7 @@ def parse(spec: str) -> list:
 
 
 def get(name: str):
-  if name not in names():
-    raise UserError(f"reward {name!r} is unknown; available: {', '.join(names())}")
-  return importlib.import_module(f"lm.rewards.{name}")
+  return REGISTRY.get(name)
 
 
 def build(config, tokenizer, task):

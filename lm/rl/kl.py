@@ -24,7 +24,9 @@ def estimate(logp, ref_logp, kind: str):
 class Controller:
   """Fixed coefficient, or Ziegler et al.'s (2019) adaptive one: steer the measured KL toward a target.
 
-  beta <- beta * (1 + clip(kl / target - 1, -0.2, 0.2) * n / horizon), with n rollouts per update.
+  beta <- beta * (1 + clip(kl / target - 1, -0.2, 0.2) * n / horizon), with n the samples (rollout rows) the
+  KL was measured on, as TRL and OpenRLHF count it: the horizon is in samples. (Counting rollouts instead, the
+  default horizon of 10,000 moved the coefficient by x1.018 over a 900-rollout run.)
   """
 
   def __init__(self, coef: float, target: float = 0.0, horizon: float = 10000.0):

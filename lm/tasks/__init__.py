@@ -6,10 +6,11 @@ metric and as a policy-gradient reward). Adding a task is adding a file.
 """
 import dataclasses
 import hashlib
-import importlib
-import pkgutil
 
 from lm.errors import UserError
+from lm.registry import Registry
+
+REGISTRY = Registry("lm.tasks", "task")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +52,12 @@ class Task:
 
 
 def names() -> list:
-  import lm.tasks as pkg
-  return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+  return REGISTRY.names()
 
 
 def get(name: str, **options) -> Task:
-  if name not in names():
-    raise UserError(f"task {name!r} is unknown; available: {', '.join(names())}")
-  return importlib.import_module(f"lm.tasks.{name}").make(**options)
+  module = REGISTRY.get(name)
+  try:
+    return module.make(**options)
+  except TypeError as e:  # an option the task does not take
+    raise UserError(f"task {name!r}: {e}; its options: lm/tasks/{name}.py make()") from None

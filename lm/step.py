@@ -1,0 +1,109 @@
+"""The train state and the one train step every objective shares: loss -> grads -> optimizer update.
+
+`make_train_step` is pure; `jit_train_step` is the one way it is compiled (training, dry run, benchmarks):
+donated state, in/out shardings, the CPU compiler options.
+"""
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from lm import cpu
+from lm import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+  params: dict
+  opt_state: optax.OptState
+  step: jax.Array  # optimizer-loop steps taken (int32 scalar)
+  rng: jax.Array  # the run's base key; step k's randomness is fold_in(rng, k)
+
+  def to_dict(self) -> dict:
+    """The checkpointed form (a plain dict, so checkpoints do not depend on this class)."""
+    return {"params": self.params, "opt_state": self.opt_state, "step": self.step, "rng": self.rng}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "TrainState":
+    return cls(**d)
+
+
+def init_state(setup, optimizer, params, seed: int) -> TrainState:
+  """Fresh, sharded train state around `params` (already placed): moments sharded like them, step 0."""
+  p_shard = jax.tree.map(lambda x: x.sharding, params)
+  opt_shard = sharding.opt_state_shardings(optimizer, params, p_shard, setup.mesh)
+  opt_state = jax.jit(optimizer.init, out_shardings=opt_shard)(params)
+  rep = sharding.replicated(setup.mesh)
+  return TrainState(params=params, opt_state=opt_state, step=jax.device_put(jnp.zeros((), jnp.int32), rep),
+                    rng=jax.device_put(jax.random.fold_in(jax.random.PRNGKey(seed), 3), rep))
+
+
+def make_train_step(loss_fn, optimizer, schedule, grad_accum: int = 1, skip_nonfinite: bool = False,
+                    updates_per_step: int = 1):
+  """(state, batch) -> (state, metrics). With grad_accum > 1, the batch's rows are split into micro-batches
+  whose gradients are averaged.
+
+  With updates_per_step > 1, the batch's rows are split into that many consecutive slices and each slice is one
+  optimizer update (PPO's epochs x minibatches over one rollout); the loop's step, and so resume, counts batches.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state: TrainState, batch):
+    params = state.params
+    rng = jax.random.fold_in(state.rng, state.step)
+    if grad_accum == 1:
+      (loss, metrics), grads = grad_fn(params, batch, rng)
+    else:
+      micro = slices(batch, grad_accum)
+
+      def body(acc, xs):
+        i, mb = xs
+        (l, m), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, acc, (l, m, g)), None
+
+      zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng))
+      zero = (zero[0][0], zero[0][1], zero[1])
+      (loss, metrics, grads), _ = jax.lax.scan(body, zero, (jnp.arange(grad_accum), micro))
+      loss, metrics, grads = jax.tree.map(lambda x: x / grad_accum, (loss, metrics, grads))
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, params)
+    new = state.replace(params=optax.apply_updates(params, updates), opt_state=opt_state, step=state.step + 1)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:  # keep the old params and moments; the step counter still advances past the bad batch
+      new = new.replace(params=_where(finite, new.params, params), opt_state=_where(finite, new.opt_state,
+                                                                                    state.opt_state))
+    metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
+               "finite": finite.astype(jnp.float32)}
+    return new, metrics
+
+  if updates_per_step == 1:
+    return step
+
+  def multi_step(state: TrainState, batch):
+    chunks = slices(batch, updates_per_step)
+
+    def body(s, xs):
+      i, chunk = xs
+      new, m = step(s.replace(rng=jax.random.fold_in(state.rng, i)), chunk)
+      return new.replace(step=s.step, rng=s.rng), m
+
+    new, ms = jax.lax.scan(body, state, (jnp.arange(updates_per_step), chunks))
+    return new.replace(step=state.step + 1), jax.tree.map(lambda x: x.mean(0), ms)
+
+  return multi_step
+
+
+def jit_train_step(step, state_shardings, mesh):
+  """The one way a train step is compiled (training, dry run, benchmark): donated state, CPU options."""
+  return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0,
+                 compiler_options=cpu.compiler_options())
+
+
+def slices(batch, n: int):
+  """[rows, ...] -> [n, rows / n, ...]: consecutive row slices to scan over (micro-batches or PPO minibatches)."""
+  return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+
+
+def _where(cond, a, b):
+  return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
