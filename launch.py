@@ -27,6 +27,17 @@ _PID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's inde
 
 def fail(message: str, status: int = 2):
   print(f"error: {message}", file=sys.stderr)
+  quiet_exit(status)
+
+
+def quiet_exit(status: int):
+  """Exit with `status` after the one line that explains it. Background writers of a failed checkpoint save
+  (tensorstore threads) can still print while the interpreter shuts down; the explanation has been given, so
+  what they print goes nowhere."""
+  sys.stderr.flush()
+  sys.stdout.flush()
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
   sys.exit(status)
 
 
@@ -90,7 +101,7 @@ def main(argv, hooks=()):
     fail(str(e))
   except Preempted as e:
     print(str(e), file=sys.stderr)
-    sys.exit(e.status)
+    quiet_exit(e.status)
   except KeyboardInterrupt:
     fail("interrupted (Ctrl-C) before training started; nothing was saved", status=130)
   except OSError as e:  # a filesystem error outside the paths that report their own (disk full, permissions)

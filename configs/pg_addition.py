@@ -12,7 +12,7 @@ from lm import objectives
 def objective(algorithm: str = "grpo"):
   return objectives.config(
       "policy_gradient", algorithm=algorithm, task="addition",
-      task_options=dict(digits=4, pad=True, width=4),  # the SFT run's fixed width
+      task_options=dict(digits=4, pad=True, width=4, reverse=False),  # the SFT run's answer layout
       rewards="task:1.0", reward_args=dict(format_pattern=r"[0-9]+", length_target=5),
       group_size=8, max_new_tokens=8,  # prompt (13 tokens for 4+4 digits) + answer must fit model.max_len
       kl_coef=0.02, kl_estimator="k3", kl_in="loss")

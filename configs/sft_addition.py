@@ -24,6 +24,7 @@ def get_config():
   # 5% of problems use 4-digit operands, so the thousands digits are not new to the model when GRPO/RLOO train
   # on 4-digit problems (configs/pg_addition.py); without them pass@16 on 4-digit was 0 and RL had no signal.
   c.objective.task_options.wide_frac = 0.05
+  c.objective.task_options.reverse = False  # True: answers least-significant digit first (lm/tasks/addition.py)
   c.objective.train_examples = 100000
   c.checkpoint.init_from = "runs/shakespeare"
   c.train.update(steps=3000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=100, log_every=100)

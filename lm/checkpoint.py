@@ -18,6 +18,7 @@ import errno
 import fnmatch
 import logging
 import os
+import shutil
 import sys
 
 import jax
@@ -40,13 +41,19 @@ class CheckpointConfig(options.Group):
 
 
 class _QuietOrbax(logging.Filter):
-  """Orbax logs a traceback for every failed save or restore; this module reports each one in one line."""
+  """Orbax logs a traceback for every failed save or restore, and asyncio one for each of its failed writes
+  ("exception was never retrieved"); this module reports each failure in one line instead."""
 
   def filter(self, record):
-    return not (record.levelno >= logging.WARNING and "/orbax/" in record.pathname)
+    if record.levelno < logging.WARNING:
+      return True
+    if "/orbax/" in record.pathname:
+      return False
+    return not (record.name == "asyncio" and "never retrieved" in record.getMessage())
 
 
 logging.getLogger("absl").addFilter(_QuietOrbax())
+logging.getLogger("asyncio").addFilter(_QuietOrbax())
 
 
 def path_of(keys) -> str:
@@ -102,7 +109,9 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, meta: dict, metrics: dict | None = None):
-    self.check_saved()
+    # Orbax waits for the previous save here anyway; waiting first names the right step if that one failed.
+    self.wait()
+    self._check_room(step, state)
     try:
       self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                       meta=ocp.args.JsonSave(meta)),
@@ -110,6 +119,17 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except  (the synchronous part of the save failed)
       raise self._save_error(step, e) from None
     self.pending = step
+
+  def _check_room(self, step: int, state):
+    """Refuse a save that cannot fit, before it starts: a save that runs out of space fails in Orbax's background
+    writers, each of which prints a traceback (measured: 20-30 per failed save)."""
+    need = sum(int(x.nbytes) for x in jax.tree.leaves(state)) // max(jax.process_count(), 1)
+    need = int(need * 1.1) + (1 << 16)  # OCDBT's index and the metadata files
+    free = shutil.disk_usage(self.directory).free
+    if free < need:
+      raise UserError(f"saving checkpoint {step} in {self.directory} needs about {need / 2**20:.1f} MiB but "
+                      f"{free / 2**20:.1f} MiB are free (no space left on device); stopped; last complete "
+                      f"checkpoint: {self.last_complete()}")
 
   def check_saved(self):
     """Raise (one line) if the last asynchronous save failed; cheap enough to call every step."""
@@ -128,21 +148,24 @@ class Checkpointer:
       raise self._save_error(self.pending, e) from None
     self.pending = None
 
+  def last_complete(self) -> str:
+    try:
+      done = [s for s in self.steps() if s != self.pending]
+    except Exception:  # pylint: disable=broad-except
+      done = []
+    return f"step {done[-1]}" if done else "none"
+
   def _save_error(self, step, e: Exception) -> UserError:
     cause = e
     while cause is not None and not isinstance(cause, OSError):
       cause = cause.__cause__ or cause.__context__
     reason = (os.strerror(cause.errno) if isinstance(cause, OSError) and cause.errno else
               (str(e).splitlines() or [type(e).__name__])[0][:200])
-    if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+    if (isinstance(cause, OSError) and cause.errno == errno.ENOSPC) or "No space left" in str(e):
       reason = "no space left on device"
-    try:
-      done = [s for s in self.steps() if s != step]
-    except Exception:  # pylint: disable=broad-except
-      done = []
-    last = f"step {done[-1]}" if done else "none"
+    self.pending = step
     return UserError(f"saving checkpoint {step} in {self.directory} failed ({reason}); stopped; last complete "
-                     f"checkpoint: {last}")
+                     f"checkpoint: {self.last_complete()}")
 
   def restore(self, step: int, abstract_state):
     out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
@@ -193,11 +216,17 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
     self.manager.reload()
 
-  def close(self):
+  def close(self, quiet: bool = False):
+    """Wait for a save in flight, then close. quiet: the run is already failing, so don't raise over it."""
     try:
       self.wait()
-    finally:
-      self.manager.close()
+    except UserError:
+      if not quiet:
+        raise
+      # A failed save may still have writes in flight whose callbacks need Orbax's event loop: closing it now
+      # makes each of them print a traceback. The process is ending; leave it open.
+      return
+    self.manager.close()
 
 
 def _reason(e: Exception) -> str:

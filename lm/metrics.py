@@ -43,7 +43,12 @@ class Writer:
 
   def close(self):
     if self._tb is not None:
-      self._tb.close()
+      try:
+        self._tb.close()
+      except OSError:  # disk full or gone: the run is already stopping with that error
+        # tensorboardX closes its files again at exit; mark them closed so that does not print a traceback
+        for w in self._tb.all_writers.values():
+          w.event_writer._closed = True  # pylint: disable=protected-access
 
 
 def truncate_after(path: str, step: int):

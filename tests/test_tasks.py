@@ -5,7 +5,8 @@ from lm import tasks
 from lm.errors import UserError
 
 TASKS = ["addition", "multiplication", "reverse", "sort"]
-VARIANTS = [(name, {}) for name in TASKS] + [("addition", {"pad": True}), ("addition", {"pad": True, "width": 4})]
+VARIANTS = [(name, {}) for name in TASKS] + [("addition", {"pad": True}), ("addition", {"pad": True, "width": 4}),
+                                             ("addition", {"pad": True, "width": 4, "reverse": True})]
 IDS = [name + "".join(f"-{k}" for k in opts) for name, opts in VARIANTS]
 
 
@@ -90,3 +91,12 @@ def test_reference_answers_are_right():
   assert tasks.get("sort").check("sort:5,12,3=", "3,5,12") == 1.0
   assert tasks.get("sort").check("sort:5,12,3=", "3,5,012") == 0.0
   assert tasks.get("addition").check("garbage", "1") == 0.0
+
+
+def test_reversed_addition_writes_the_least_significant_digit_first():
+  task = tasks.get("addition", digits=3, pad=True, width=4, reverse=True)
+  assert task.check("0023+0456=", "97400") == 1.0 and task.check("0023+0456=", "00479") == 0.0
+  assert task.reference("0999+0001=") == "00010"
+  plain = tasks.get("addition", digits=3, pad=True, width=4)
+  assert [e.prompt for e in task.examples("test", 20)] == [e.prompt for e in plain.examples("test", 20)]
+  assert all(a.answer == b.answer[::-1] for a, b in zip(task.examples("train", 50), plain.examples("train", 50)))

@@ -4,6 +4,7 @@ Datasets are prepared once as array_record and read with `tfds.data_source` (ran
 train time). Preparation runs on process 0 while the others wait. Offline preparation: put the raw files in a
 manual dir (`data.manual_dir` or $LM_MANUAL_DIR; for tiny_shakespeare the folder holding input.txt).
 """
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -79,13 +80,38 @@ def catalog_source(data_cfg, split: str):
       raise UserError(f"data.manual_dir={mdir!r} does not exist; point it (or $LM_MANUAL_DIR) at the raw files")
     config = tfds.download.DownloadConfig(manual_dir=mdir) if mdir else None
     try:
-      builder.download_and_prepare(download_config=config)
+      with _few_download_retries():
+        builder.download_and_prepare(download_config=config)
     except Exception as e:  # pylint: disable=broad-except
+      reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+      if not mdir and _is_connection_error(e):
+        raise UserError(f"could not download TFDS dataset {name!r} ({reason}); offline, put its raw files in a "
+                        "folder and set data.manual_dir or $LM_MANUAL_DIR to it (for tiny_shakespeare: the folder "
+                        "holding input.txt; `make train` sets it to ../shared/data/tinyshakespeare)") from None
       raise UserError(f"could not prepare TFDS dataset {name!r} in {ddir} (manual dir {mdir or 'unset'}): "
-                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+                      f"{reason}") from None
 
   prepared(builder, prepare)
   return data_source(builder, split)
+
+
+@contextlib.contextmanager
+def _few_download_retries():
+  """TFDS retries a failed download 10 times with backoff (206 s offline); once is enough to know."""
+  from tensorflow_datasets.core.download import downloader
+  old, downloader.MAX_RETRIES = downloader.MAX_RETRIES, 1
+  try:
+    yield
+  finally:
+    downloader.MAX_RETRIES = old
+
+
+def _is_connection_error(e: BaseException) -> bool:
+  while e is not None:
+    if isinstance(e, (ConnectionError, OSError)) or "Connection" in type(e).__name__ or "Resolution" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
 
 
 def data_source(builder, split):

@@ -69,6 +69,10 @@ class Options(options.Group):
   # PPO-ptx: next-token loss on pretraining text (config.data), ptx_rows rows per update
   ptx_coef: float = option(0.0, min=0.0)
   ptx_rows: int = option(8, min=1)
+  # a warning when most groups carry no signal (every sample of a prompt scored the same)
+  zero_spread_warn: float = option(0.9, min=0.0, max=1.0, doc="warn when the zero-spread fraction averaged over "
+                                                               "zero_spread_window rollouts exceeds this (1: never)")
+  zero_spread_window: int = option(20, min=1)
   # held-out task metrics at eval time
   eval_examples: int = option(500, min=1, doc="test problems for greedy exact match")
   pass_n: int = option(16, min=0, doc="samples per problem for pass@k and best-of-n (0: skip them)")

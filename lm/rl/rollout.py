@@ -5,12 +5,15 @@ advantages -> a RolloutBatch of this process's rows, plus host-side statistics f
 `state_dict`) and the timer between rollouts. Prompts, samples and minibatch permutations are functions of
 (seed, step), so a resumed run replays exactly.
 """
+import collections
 import functools
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from lm import chat
 from lm import objective as objective_lib
@@ -70,6 +73,8 @@ class Rollout:
     self.kl_step = -1  # the last step whose KL moved the controller (a re-made rollout must not move it twice)
     self.reference = None
     self.last_end = None
+    self.zero_spread = collections.deque(maxlen=o.zero_spread_window)  # recent rollouts' zero-spread fractions
+    self.warned_at = -o.zero_spread_window
     # Prompts are left-padded to one width, the longest of a probe of the task's prompts, so the sampler and
     # the train step compile once (a longer prompt still works, at the cost of a recompile).
     probe = task.examples("train", 256, seed=seed)
@@ -85,6 +90,23 @@ class Rollout:
   def load_state_dict(self, s: dict):
     self.controller.coef = float(s["kl_coef"])
     self.kl_step = int(s["kl_coef_step"])
+
+  def _warn_if_no_signal(self, step: int, frac: float, reward_mean: float):
+    """Once per window: most groups had every sample score the same, so group baselines leave no gradient."""
+    self.zero_spread.append(frac)
+    o, window = self.o, self.zero_spread.maxlen
+    if len(self.zero_spread) < window or step - self.warned_at < window:
+      return
+    mean = sum(self.zero_spread) / window
+    if mean > o.zero_spread_warn and o.zero_spread_warn < 1.0:
+      self.warned_at = step
+      msg = (f"warning: rollouts {step + 1 - window}-{step + 1}: {100 * mean:.0f}% of groups had zero reward spread "
+             f"(mean reward {reward_mean:.3g}), so {o.algorithm} gets almost no signal. Likely causes: the task is "
+             "too hard (or too easy) for the starting policy (check its pass@k with configs/eval.py), a reward that "
+             "is always 0 (check objective.rewards on a few answers), or too few samples per prompt "
+             "(objective.group_size, temperature); a partial-credit reward (e.g. 'task:1,digits:1') gives "
+             "groups a spread.")
+      tqdm.write(msg, file=sys.stderr)  # beside the progress bar, not through it
 
   def shapes(self, seq_len: int) -> common.RolloutBatch:
     """The global batch as ShapeDtypeStructs (for the dry run)."""
@@ -161,6 +183,7 @@ class Rollout:
         old_values=pick(values.astype(np.float32)), kl_coef=np.full((len(order),), beta, np.float32)[local],
         fresh=(np.arange(len(order)) < rows // o.minibatches).astype(np.float32)[local],
         ptx=self.ptx(step) if self.ptx is not None else None)
+    self._warn_if_no_signal(step, float(stats["zero_spread_frac"]), float(stats["reward_mean"]))
     self.last_end = time.time()
     stats.update(time_rollout_s=self.last_end - t0, time_update_s=update_s)
     return objective_lib.Batch(batch, {k: float(v) for k, v in stats.items()})

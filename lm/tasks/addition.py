@@ -8,6 +8,11 @@ width + 1, so 3-digit problems can share the 4-digit layout: digits=3, pad=True,
 (up to 10**width - 1) instead of `digits`-digit ones: digits=3, width=4, wide_frac=0.05 mixes a few 4-digit
 problems into 3-digit training, so the thousands digits are not new to the model. The train/test split (by
 prompt hash) is unchanged.
+
+`reverse` writes the answer least-significant digit first: "0023+0456=" -> "97400". Generated left to right, each
+digit then depends on the operands' digits at its place and the carry from the digit just written, where the
+usual order needs every carry before the first digit (Lee et al. 2023, "Teaching Arithmetic to Small
+Transformers"). Prompts, splits and problems are the same either way.
 """
 from lm.errors import UserError
 from lm.tasks import Example, Task
@@ -16,8 +21,8 @@ from lm.tasks import Example, Task
 class Addition(Task):
   name = "addition"
 
-  def __init__(self, digits: int = 3, pad: bool = False, width=None, wide_frac: float = 0.0):
-    self.digits, self.pad = int(digits), bool(pad)
+  def __init__(self, digits: int = 3, pad: bool = False, width=None, wide_frac: float = 0.0, reverse: bool = False):
+    self.digits, self.pad, self.reverse = int(digits), bool(pad), bool(reverse)
     self.wide_frac = float(wide_frac)
     if not 0.0 <= self.wide_frac <= 1.0:
       raise UserError(f"addition: wide_frac ({self.wide_frac}) must be in [0, 1]")
@@ -32,7 +37,8 @@ class Addition(Task):
   def _answer(self, total: int) -> str:
     # Fixed width puts every digit at the same position in every problem, which a small model with learned
     # absolute positions aligns far faster than numbers of varying length.
-    return str(total).zfill(self.width + 1) if self.pad else str(total)
+    text = str(total).zfill(self.width + 1) if self.pad else str(total)
+    return text[::-1] if self.reverse else text
 
   def sample(self, rng) -> Example:
     hi = 10 ** self.digits
@@ -57,5 +63,5 @@ class Addition(Task):
     return float(ref is not None and response.strip() == ref)
 
 
-def make(digits: int = 3, pad: bool = False, width=None, wide_frac: float = 0.0) -> Task:
-  return Addition(digits, pad, width, wide_frac)
+def make(digits: int = 3, pad: bool = False, width=None, wide_frac: float = 0.0, reverse: bool = False) -> Task:
+  return Addition(digits, pad, width, wide_frac, reverse)
