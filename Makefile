@@ -9,7 +9,7 @@ CONFIG ?= configs/pretrain_shakespeare.py
 WORKDIR ?= runs/shakespeare
 ARGS ?=
 
-.PHONY: install train test bench clean
+.PHONY: install train test bench tensorboard clean
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -26,6 +26,12 @@ test: install
 
 bench: install
 	$(PY) benchmarks/throughput.py
+
+# TensorBoard for every run under runs/ (each run's tb/ folder); LOGDIR=runs/x for one run.
+LOGDIR ?= runs
+tensorboard: install
+	$(PY) -m pip install -q -e '.[tensorboard]'
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host 127.0.0.1
 
 clean:
 	rm -rf $(VENV) runs

@@ -254,29 +254,39 @@ def _globs(spec: str) -> list:
   return [p.strip() for p in (spec or "").split(",") if p.strip()]
 
 
-def load_params(path: str, abstract_params, fresh: str = "", drop: str = ""):
+def load_params(path: str, abstract_params, fresh: str = "", drop: str = "", step: int | None = None,
+                drop_heads: bool = False):
   """(params, fresh paths) from the newest readable checkpoint under `path`, in `abstract_params`' layout.
 
   Every param of the model must be in the checkpoint with its shape, and every param of the checkpoint must be
   used, except the paths that match the `fresh` globs (left out of the result, for the caller to initialise)
   and the `drop` globs (ignored). Unreadable checkpoints are skipped with a warning (never renamed: the run
-  may belong to someone else); a mismatch is one error naming the params.
+  may belong to someone else); a mismatch is one error naming the params. `step`: that checkpoint only.
+  drop_heads: also ignore checkpoint params outside the model's top-level names (a run's value or reward head,
+  when its own checkpoint is read for the model alone).
   """
   ckpt = Checkpointer(checkpoint_dir(path), async_save=False, read_only=True)
   try:
     steps = ckpt.steps()
+    if step is not None:
+      if step not in steps:
+        raise UserError(f"checkpoint: {path!r} has no step {step}; it has {steps}")
+      steps = [step]
     if not steps:
       raise UserError(f"checkpoint: {path!r} holds no checkpoints")
     wanted = {k[len("params/"):]: v for k, v in shapes({"params": abstract_params}).items()}
     fresh_globs, drop_globs = _globs(fresh), _globs(drop)
     matches = lambda key, globs: any(fnmatch.fnmatchcase(key, g) for g in globs)
-    for step in reversed(steps):
+    for step in reversed(steps):  # pylint: disable=redefined-argument-from-local
       try:
         saved = {k[len("params/"):]: v for k, v in ckpt.saved_shapes(step).items() if k.startswith("params/")}
       except Exception as e:  # pylint: disable=broad-except
         print(f"warning: checkpoint {ckpt.directory}/{step} is unreadable ({_reason(e)}); trying an earlier one",
               file=sys.stderr)
         continue
+      if drop_heads:
+        tops = {k.split("/")[0] for k in wanted}
+        saved = {k: v for k, v in saved.items() if k.split("/")[0] in tops}
       fresh_keys = {k for k in wanted if matches(k, fresh_globs)}
       diffs = differences({k: v for k, v in saved.items() if k not in fresh_keys and not matches(k, drop_globs)},
                           {k: v for k, v in wanted.items() if k not in fresh_keys})

@@ -49,11 +49,12 @@ class Setup:
   def init_params(self, rng):
     return jax.jit(lambda r: nn.unbox(self._init(r)), out_shardings=self.param_shardings())(rng)
 
-  def load_params(self, path, rng=None, fresh: str = "", drop: str = ""):
+  def load_params(self, path, rng=None, fresh: str = "", drop: str = "", step=None, drop_heads: bool = False):
     """Params from the newest readable checkpoint under `path` (a run or checkpoint directory), in this model's
     layout. `fresh` globs name params initialised fresh (from `rng`) instead, `drop` globs checkpoint params
     this model may leave unused (checkpoint.init_fresh / init_drop); anything else that differs is an error."""
-    loaded, fresh = ckpt_lib.load_params(path, self.abstract_params(sharded=True), fresh=fresh, drop=drop)
+    loaded, fresh = ckpt_lib.load_params(path, self.abstract_params(sharded=True), fresh=fresh, drop=drop, step=step,
+                                         drop_heads=drop_heads)
     if not fresh:
       return loaded
     new = self.init_params(jax.random.PRNGKey(0) if rng is None else rng)

@@ -46,6 +46,10 @@ class Options(options.Group):
   pass_prompts: int = option(100, min=0, doc="the first this many test problems get pass_n samples each")
   temperature: float = option(1.0, min=0.0, doc="sampling temperature for pass@k / best-of-n")
   gen_batch: int = option(256, min=1, doc="rows per generation call")
+  # a pretraining mix against forgetting: ptx_rows rows of config.data text per step, their next-token loss
+  # added with weight ptx_coef (as PPO-ptx does in policy gradient)
+  ptx_coef: float = option(0.0, min=0.0)
+  ptx_rows: int = option(8, min=1)
 
   def check(self, config) -> list:
     problems = []
@@ -53,7 +57,21 @@ class Options(options.Group):
       problems.append("objective.task or objective.train_files must name the training data")
     if self.pass_n and max(self.pass_k, default=0) > self.pass_n:
       problems.append(f"objective.pass_k={self.pass_k} has k > objective.pass_n={self.pass_n} samples per prompt")
+    if self.ptx_coef and self.ptx_rows % config.train.grad_accum:
+      problems.append(f"objective.ptx_rows={self.ptx_rows} must divide by train.grad_accum")
     return problems
+
+
+def mixed_loss_fn(model, z_loss: float, ptx_coef: float):
+  """The SFT loss on batch["sft"] plus ptx_coef x the next-token loss on the pretraining rows batch["ptx"]."""
+  token_loss = losses.token_loss_fn(model, z_loss)
+
+  def loss_fn(params, batch, rng):
+    loss, metrics = token_loss(params, batch["sft"], rng)
+    ptx_loss, _ = token_loss(params, batch["ptx"], rng)
+    return loss + ptx_coef * ptx_loss, {**metrics, "ptx_loss": ptx_loss}
+
+  return loss_fn
 
 
 def _records(o: Options, data_cfg, seed: int) -> tuple:
@@ -116,10 +134,23 @@ def build(setup) -> objective_lib.Objective:
           temperature=o.temperature, batch_size=o.gen_batch, system=o.system))
     return out
 
+  if not o.ptx_coef:
+    return objective_lib.Objective(
+        loss_fn=losses.token_loss_fn(model, config.train.z_loss),
+        batches=lambda step, params: objective_lib.Batch(data()[0](step)),
+        batch_shapes=lambda: lm_batches.shapes(config.train.batch_size, seq_len),
+        evaluate=evaluate_fn)
+
+  @functools.cache
+  def pretraining():
+    text = lm_batches.split_tokens(config.data, config.data.train_split, tokenizer)
+    return lm_batches.RandomWindows(text, seq_len, o.ptx_rows, config.seed + 1)
+
   return objective_lib.Objective(
-      loss_fn=losses.token_loss_fn(model, config.train.z_loss),
-      batches=lambda step, params: objective_lib.Batch(data()[0](step)),
-      batch_shapes=lambda: lm_batches.shapes(config.train.batch_size, seq_len),
+      loss_fn=mixed_loss_fn(model, config.train.z_loss, o.ptx_coef),
+      batches=lambda step, params: objective_lib.Batch({"sft": data()[0](step), "ptx": pretraining()(step)}),
+      batch_shapes=lambda: {"sft": lm_batches.shapes(config.train.batch_size, seq_len),
+                            "ptx": lm_batches.shapes(o.ptx_rows, seq_len)},
       evaluate=evaluate_fn)
 
 
