@@ -131,6 +131,16 @@ class Coder:
     return body + WORD.pack(zlib.crc32(body))
 
   def _encode_batch(self, grid, lens, starts):
+    probs = self._batch_probs(grid, lens, starts)
+    encoder = constriction.stream.queue.RangeEncoder()
+    live = [lens > t for t in range(len(probs))]
+    encoder.encode(np.concatenate([grid[m, t] for t, m in enumerate(live)]), _FAMILY,
+                   np.concatenate([p[m] for p, m in zip(probs, live)]))
+    return encoder.get_compressed()
+
+  def _batch_probs(self, grid, lens, starts) -> list:
+    """[steps] of [rows, 256]: the distribution each byte of the batch is coded with (grid[:, t] under
+    probs[t]), from the same jitted step the decoder runs."""
     # Every input is known up front, so all steps are dispatched before any result is read back.
     cache = model_lib.init_cache(self.model.cfg, grid.shape[0], grid.shape[1])
     tokens, outs = starts, []
@@ -138,14 +148,22 @@ class Coder:
       probs, cache = _step(self.model, self.params, cache, jnp.asarray(tokens))
       outs.append(probs)
       tokens = grid[:, t]
-    probs, symbols = [], []
-    for t, p in enumerate(outs):
-      live = lens > t
-      probs.append(np.asarray(p)[live])
-      symbols.append(grid[live, t])
-    encoder = constriction.stream.queue.RangeEncoder()
-    encoder.encode(np.concatenate(symbols), _FAMILY, np.concatenate(probs))
-    return encoder.get_compressed()
+    return [np.asarray(p) for p in outs]
+
+  def byte_probabilities(self, data: bytes) -> np.ndarray:
+    """[len(data), 256]: the distribution the encoder codes each byte of `data` with, in file order."""
+    data = bytes(data)
+    c = self.chunk_size
+    n_chunks = _ceil_div(len(data), c)
+    rows = self.rows(n_chunks)
+    lanes = _lanes(np.frombuffer(data, np.uint8), n_chunks, rows, c, self.pad_id)
+    out = np.zeros((rows, lanes.shape[1], c, 256), np.float32)
+    with self._context():
+      for k in range(lanes.shape[1]):
+        lens = _lens(len(data), rows, lanes.shape[1], k, c)
+        for t, p in enumerate(self._batch_probs(lanes[:, k], lens, _starts(lanes, n_chunks, k))):
+          out[:, k, t] = p
+    return out.reshape(-1, 256)[:len(data)]
 
   # --- decoding -------------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from lm.options import option
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(options.Group):
   steps: int = option(2000, min=0)
+  optimizer: str = option("adamw", choices=("adamw", "sgd"), doc="sgd: plain steps (no moments), e.g. for ES")
   batch_size: int = option(12, min=1, doc="global rows per step, across all processes and devices")
   grad_accum: int = option(1, min=1, doc="micro-batches per step (the batch's rows split evenly)")
   lr: float = option(1e-3, min=0.0)
@@ -48,7 +49,10 @@ def make_optimizer(t):
                                                   end_value=t.min_lr)
   # Decay matrices only: norms, biases (and other vectors) are left alone, as in nanoGPT and most LLM recipes.
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  optimizer = optax.chain(
-      optax.clip_by_global_norm(t.grad_clip) if t.grad_clip else optax.identity(),
-      optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask))
+  if getattr(t, "optimizer", "adamw") == "sgd":
+    update = optax.chain(optax.add_decayed_weights(t.weight_decay, mask=decay_mask) if t.weight_decay
+                         else optax.identity(), optax.sgd(schedule))
+  else:
+    update = optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask)
+  optimizer = optax.chain(optax.clip_by_global_norm(t.grad_clip) if t.grad_clip else optax.identity(), update)
   return optimizer, schedule

@@ -57,8 +57,8 @@ def left_pad(prompts, pad_id: int, length: int | None = None):
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p",
                                              "eos_id", "pad_id"))
-def _generate(model, params, tokens, positions, segment_ids, rng, *, max_new_tokens, temperature, top_k, top_p,
-              eos_id, pad_id):
+def generate_tokens(model, params, tokens, positions, segment_ids, rng, *, max_new_tokens, temperature, top_k, top_p,
+                    eos_id, pad_id):
   b, p = tokens.shape
   cache = model_lib.init_cache(model.cfg, b, p + max_new_tokens)
   logits, cache = model.apply({"params": params}, tokens, positions, segment_ids, cache=cache)
@@ -92,7 +92,7 @@ def generate(model, params, prompts, rng, max_new_tokens: int, temperature: floa
   if model.cfg.position == "learned" and longest > model.cfg.max_len:
     raise UserError(f"sampling: prompt ({longest - max_new_tokens} tokens) + {max_new_tokens} new tokens exceeds "
                     f"model.max_len={model.cfg.max_len}; shorten the prompt or the generation")
-  toks, logps, mask, done = _generate(model, params, jnp.asarray(tokens), jnp.asarray(positions),
+  toks, logps, mask, done = generate_tokens(model, params, jnp.asarray(tokens), jnp.asarray(positions),
                                       jnp.asarray(segment_ids), rng, max_new_tokens=max_new_tokens,
                                       temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                                       eos_id=int(eos_id), pad_id=int(pad_id))

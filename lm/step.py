@@ -72,7 +72,8 @@ def make_train_step(loss_fn, optimizer, schedule, grad_accum: int = 1, skip_nonf
     if skip_nonfinite:  # keep the old params and moments; the step counter still advances past the bad batch
       new = new.replace(params=_where(finite, new.params, params), opt_state=_where(finite, new.opt_state,
                                                                                     state.opt_state))
-    metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
+    metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "update_norm": optax.global_norm(updates),
+               "lr": schedule(state.step),
                "finite": finite.astype(jnp.float32)}
     return new, metrics
 

@@ -483,6 +483,7 @@ def run_trial(sw: Sweep, module, root: str, params: dict, seeds: list, trial=Non
         break
       metrics.update({f"{stage.name}.{k}": v for k, v in run_metrics(dirs[stage.name]).items()
                       if isinstance(v, (int, float))})
+      metrics[f"{stage.name}.wall_s"] = result["wall_s"]
     if status == "done" and sw.measure is not None:
       measured = dirs[sw.stages[-1].name] + f".measure-{sw.name}.json"
       if not os.path.exists(measured):

@@ -12,18 +12,19 @@ import numpy as np
 
 
 def rows(root: str) -> list:
-  """One row per (trial, seed): {"params": {...}, "seed", "status", "reason", "wall_s", "metrics": {...}}."""
+  """One row per (trial, seed): {"params": {...}, "seed", "status", "reason", "wall_s", "metrics": {...},
+  "dirs": {stage: run directory}}."""
   out = []
   for path in sorted(glob.glob(os.path.join(root, "trials", "*.json"))):
     rec = json.load(open(path))
     if not rec["per_seed"]:
       out.append({"params": rec["params"], "seed": rec["seeds"][0], "status": rec["status"], "reason": rec["reason"],
-                  "wall_s": rec["wall_s"], "metrics": {}})
+                  "wall_s": rec["wall_s"], "metrics": {}, "dirs": {}})
     for i, p in enumerate(rec["per_seed"]):
       last = i == len(rec["per_seed"]) - 1
       out.append({"params": rec["params"], "seed": p["seed"], "status": rec["status"] if last else "done",
                   "reason": rec["reason"] if last else "", "wall_s": rec["wall_s"] / len(rec["per_seed"]),
-                  "metrics": p["metrics"]})
+                  "metrics": p["metrics"], "dirs": p.get("dirs", {})})
   return out
 
 

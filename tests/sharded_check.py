@@ -61,6 +61,38 @@ def check_shardings(cfg):
     return bad, sharded_dims
 
 
+def layout(cfg):
+  """What the test compares with tables written by hand: every param's PartitionSpec, and how a batch of 8 rows
+  is laid out (its spec, and the rows each device holds)."""
+  import numpy as np
+  from lm import sharding
+  setup = Setup(cfg)
+  with setup.use():
+    params = setup.init_params(jax.random.PRNGKey(0))
+    specs = {jax.tree_util.keystr(p): [list(a) if isinstance(a, tuple) else a for a in x.sharding.spec]
+             for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    batch = sharding.global_batch({"inputs": np.zeros((8, 32), np.int32)}, setup.mesh)["inputs"]
+    rows = sorted({s.data.shape[0] for s in batch.addressable_shards})
+    spec = [list(a) if isinstance(a, tuple) else a for a in batch.sharding.spec]
+  return {"param_specs": specs, "batch_spec": spec, "rows_per_device": rows,
+          "batch_devices": len(batch.addressable_shards)}
+
+
+def es_run(mesh):
+  """Two ES steps on a tiny model: the population (8 members) is evaluated over the mesh's batch axes."""
+  from lm import objectives
+  cfg = config(mesh)
+  cfg.objective = objectives.config("es", task="addition", task_options={"digits": 2}, population=8, prompts=4,
+                                    max_new_tokens=4, sigma=0.5, eval_examples=4, pass_n=0, kl_prompts=0,
+                                    rewards="format:1.0", reward_args={"format_pattern": "(?s).*[a-z].*"})
+  cfg.train.update(batch_size=8, steps=2, optimizer="sgd", lr=0.01, warmup_steps=0, schedule="constant",
+                   weight_decay=0.0, grad_clip=0.0)
+  with tempfile.TemporaryDirectory() as d:
+    train.run(cfg, d)
+    return [{k: e[k] for k in ("loss", "update_norm", "fitness_mean", "fitness_std")}
+            for e in metrics.read(d, "train")]
+
+
 def main():
   out = {}
   for mesh in MESHES:
@@ -70,7 +102,8 @@ def main():
       losses = [e["loss"] for e in metrics.read(d, "train")]
     bad, sharded_params = check_shardings(cfg)
     out[mesh] = {"losses": losses, "bad_shardings": bad, "sharded_params": sharded_params,
-                 "devices": Setup(cfg).mesh.size}
+                 "devices": Setup(cfg).mesh.size, **layout(cfg)}
+  out["es"] = {mesh: es_run(mesh) for mesh in ("single", "data8")}
   print("RESULT " + json.dumps(out))
 
 

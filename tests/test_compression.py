@@ -86,6 +86,39 @@ def test_coded_size_matches_cross_entropy(coder, factor):
   assert model.decode(blob) == data
 
 
+def test_coded_distributions_equal_a_teacher_forced_softmax(coder):
+  """Each byte is coded under p(byte | the bytes before it in its chunk, the chunk's start byte): checked against
+  the model's full forward pass over each chunk, with a model whose prediction depends on the previous byte."""
+  model = scaled(coder, 8.0)  # tied embeddings x 8: sharp predictions that follow the input byte
+  data = (TEXT * 3)[:200]
+  got = model.byte_probabilities(data)
+  c = CHUNK
+  n = -(-len(data) // c)
+  rows = model.rows(n)
+  lanes = compression._lanes(np.frombuffer(data, np.uint8), n, rows, c, model.pad_id)
+  want = np.zeros((rows, lanes.shape[1], c, 256), np.float32)
+  for k in range(lanes.shape[1]):
+    inputs = np.concatenate([compression._starts(lanes, n, k)[:, None], lanes[:, k, :-1]], 1)
+    with model._context():
+      logits, _ = model.model.apply({"params": model.params}, inputs)
+    want[:, k] = np.asarray(jax.nn.softmax(logits[..., :256].astype(np.float64)))
+  want = want.reshape(-1, 256)[:len(data)]
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  # the previous byte matters to this model: a stale context would give other distributions
+  assert np.abs(want[1:] - want[:-1]).max() > 0.1
+
+
+def test_coded_size_is_within_a_few_bytes_per_stream_of_the_cross_entropy(coder):
+  model = scaled(coder, 4.0)
+  data = (TEXT * 8)[:1000]
+  blob = model.encode(data)
+  ideal = model.cross_entropy_bits(data) / 8
+  n_streams = -(-(-(-len(data) // CHUNK)) // model.rows(-(-len(data) // CHUNK)))
+  framing = compression.HEADER.size + 4 + 4 * n_streams  # header, trailer, a word count per stream
+  # the range coder flushes up to two 32-bit words per stream and quantises probabilities to 24 bits
+  assert ideal - 1 <= len(blob) - framing <= ideal * 1.002 + 8 * n_streams, (len(blob), framing, ideal)
+
+
 def test_another_model_is_rejected(coder):
   blob = coder.encode(TEXT)
   with pytest.raises(UserError, match="different model"):
