@@ -9,7 +9,7 @@ CONFIG ?= configs/pretrain_shakespeare.py
 WORKDIR ?= runs/shakespeare
 ARGS ?=
 
-.PHONY: install train test bench tensorboard clean
+.PHONY: install train test bench tensorboard mutmut clean
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -32,6 +32,12 @@ LOGDIR ?= runs
 tensorboard: install
 	$(PY) -m pip install -q -e '.[tensorboard]'
 	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host 127.0.0.1
+
+# Mutation testing of the modules whose math matters ([tool.mutmut] in pyproject.toml); slow, not part of CI.
+mutmut: install
+	$(PY) -m pip install -q 'mutmut>=3.8'
+	rm -rf mutants
+	$(VENV)/bin/mutmut run; $(VENV)/bin/mutmut results > mutants-results.txt; tail -5 mutants-results.txt
 
 clean:
 	rm -rf $(VENV) runs

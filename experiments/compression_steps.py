@@ -7,10 +7,10 @@ xz and zstd, over 3 seeds.
 import bz2
 import gzip
 import lzma
-import os
 
 import zstandard
 
+from lm import sweep_report
 from lm.sweep import Stage, Sweep
 
 SCALES = {
@@ -80,8 +80,4 @@ def plot(rows, out_dir) -> list:
   ax.set_ylabel("bits per byte of the test split")
   ax.set_title("Prediction = compression: Tiny Shakespeare test split")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  path = os.path.join(out_dir, "compression_vs_steps.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return [path]
+  return [sweep_report.save_figure(fig, out_dir, "compression_vs_steps")]

@@ -5,8 +5,8 @@ RL (objective.ptx_coef: the next-token loss on Shakespeare rows beside the task 
 
   python -m lm.sweep experiments/damage.py --scale=full
 """
-import os
 
+from lm import sweep_report
 from lm.sweep import Stage, Sweep, grid
 
 TINY = {"model.d_model": 16, "model.n_layers": 1, "model.max_len": 32, "data.seq_len": 32, "eval.max_batches": 1,
@@ -79,8 +79,4 @@ def plot(rows, out_dir) -> list:
   ax.set_ylabel("held-out 4-digit addition, greedy exact")
   ax.set_title("base -> SFT -> GRPO: what the task gains, what pretraining loses")
   ax.legend(fontsize=6)
-  fig.tight_layout()
-  path = os.path.join(out_dir, "accuracy_vs_bits_per_byte.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return [path]
+  return [sweep_report.save_figure(fig, out_dir, "accuracy_vs_bits_per_byte")]

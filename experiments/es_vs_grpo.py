@@ -9,6 +9,7 @@ device (XLA's memory analysis of the compiled train steps: ES keeps no optimizer
 """
 import os
 
+from lm import sweep_report
 from lm.sweep import Stage, Sweep
 
 TINY = {"model.d_model": 16, "model.n_layers": 1, "model.max_len": 32, "data.seq_len": 32, "eval.max_batches": 1,
@@ -105,8 +106,4 @@ def plot(rows, out_dir) -> list:
     ax.set_ylabel("held-out 4-digit exact match (greedy)")
     ax.legend()
   fig.suptitle("ES vs GRPO from one SFT checkpoint")
-  fig.tight_layout()
-  path = os.path.join(out_dir, "es_vs_grpo.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return [path]
+  return [sweep_report.save_figure(fig, out_dir, "es_vs_grpo")]

@@ -5,8 +5,8 @@ match on held-out 3- and 4-digit problems, and pass@k for k = 1..64 (64 samples 
 
   python -m lm.sweep experiments/pg_recipe.py --scale=full
 """
-import os
 
+from lm import sweep_report
 from lm.sweep import Stage, Sweep
 
 KS = (1, 2, 4, 8, 16, 32, 64)
@@ -76,8 +76,4 @@ def plot(rows, out_dir) -> list:
   ax.set_ylabel("pass@k, held-out 4-digit addition")
   ax.set_title(f"Ask it many times: pass@k over {len(done)} seeds")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  path = os.path.join(out_dir, "pass_at_k.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return [path]
+  return [sweep_report.save_figure(fig, out_dir, "pass_at_k")]

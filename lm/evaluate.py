@@ -1,4 +1,5 @@
 """Evaluation shared by every stage. Held-out bits per byte here; task metrics live beside it."""
+import dataclasses
 import functools
 import math
 
@@ -6,8 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm import options
 from lm import sharding
 from lm.losses import apply_lm, token_nll
+from lm.options import option
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -101,3 +104,24 @@ def task_metrics(model, params, tokenizer, task, examples, rng, *, max_new_token
       out[f"pass@{k}"] = float(np.mean([pass_at_k(n, c, k) for c in correct]))
     out[f"best_of_{n}"] = best_of_n(task, sub, samples, scorer)
   return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEval(options.Group):
+  """The held-out task options an RL-style objective (policy gradient, ES) shares; its Options inherit them."""
+  eval_examples: int = option(500, min=1, doc="test problems for greedy exact match")
+  pass_n: int = option(16, min=0, doc="samples per problem for pass@k and best-of-n (0: skip them)")
+  pass_k: tuple = option((1, 16))
+  pass_prompts: int = option(100, min=0, doc="the first this many test problems get pass_n samples each")
+  eval_temperature: float = option(1.0, min=0.0)
+
+  def check(self, config) -> list:
+    if self.pass_n and max(self.pass_k, default=0) > self.pass_n:
+      return [f"objective.pass_k={self.pass_k} has k > objective.pass_n={self.pass_n} samples per prompt"]
+    return []
+
+  def metrics(self, model, params, tokenizer, task, examples, seed: int, max_new_tokens: int) -> dict:
+    """task_metrics with one fixed sampling key (seed + 99), so evals at different steps differ by the params."""
+    return task_metrics(model, params, tokenizer, task, examples, jax.random.PRNGKey(seed + 99),
+                        max_new_tokens=max_new_tokens, ks=self.pass_k, n=self.pass_n,
+                        pass_prompts=self.pass_prompts, temperature=self.eval_temperature)

@@ -99,6 +99,16 @@ def write(sw, root: str) -> list:
   return written
 
 
+def save_figure(fig, out_dir: str, name: str) -> str:
+  """Lay out, write <out_dir>/<name>.png at a size that keeps committed plots small, close; the path."""
+  import matplotlib.pyplot as plt
+  fig.tight_layout()
+  path = os.path.join(out_dir, f"{name}.png")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def default_plots(sw, table: list, keys: list, out_dir: str) -> list:
   """The metric against each swept key, one line per combination of the other keys, error bars over seeds."""
   import matplotlib
@@ -130,9 +140,5 @@ def default_plots(sw, table: list, keys: list, out_dir: str) -> list:
     ax.set_title(f"{sw.name}: {sw.metric} (mean ± std over seeds)")
     if any(lines):
       ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{sw.metric.replace('.', '_')}_vs_{key.replace(':', '_').replace('.', '_')}.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    out.append(path)
+    out.append(save_figure(fig, out_dir, f"{sw.metric.replace('.', '_')}_vs_{key.replace(':', '_').replace('.', '_')}"))
   return out

@@ -28,10 +28,14 @@ def estimate(theta, fitness_fn, n, sigma, seed=0, antithetic=True, shaping="none
   return es.gradient(params, jnp.asarray(f), jnp.asarray(keys), jnp.asarray(signs), sigma, **kw)["w"], f
 
 
+def quadratic(seed: int, d: int):
+  """(target, f) with f(w) = -|w - target|^2, whose gradient at w is 2 (target - w)."""
+  target = jnp.asarray(np.random.default_rng(seed).normal(size=d), jnp.float32)
+  return target, lambda w: -float(jnp.sum((w - target) ** 2))
+
+
 def test_estimate_on_a_quadratic_points_along_the_gradient_and_the_loop_converges():
-  rng = np.random.default_rng(0)
-  target = jnp.asarray(rng.normal(size=12), jnp.float32)
-  f = lambda w: -float(jnp.sum((w - target) ** 2))
+  target, f = quadratic(0, 12)
   theta = jnp.zeros(12)
   g, _ = estimate(theta, f, 2000, 0.05)
   assert cosine(g, 2 * (target - theta)) > 0.9
@@ -70,9 +74,7 @@ def test_noise_regenerates_bit_for_bit_from_seed_step_and_member():
 
 
 def test_antithetic_pairs_cancel_the_zero_order_term():
-  rng = np.random.default_rng(2)
-  target = jnp.asarray(rng.normal(size=10), jnp.float32)
-  f = lambda w: -float(jnp.sum((w - target) ** 2))
+  _, f = quadratic(2, 10)
   theta = jnp.zeros(10)
   g, _ = estimate(theta, f, 64, 0.05)
   g_shift, _ = estimate(theta, lambda w: f(w) + 1000.0, 64, 0.05)  # f(theta) + c: the same estimate

@@ -17,7 +17,6 @@ from lm import chat
 from lm import es
 from lm import evaluate
 from lm import objective as objective_lib
-from lm import options
 from lm import rewards as rewards_lib
 from lm import sampling
 from lm import sharding
@@ -30,7 +29,7 @@ from lm.rl import rollout as rollout_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class Options(options.Group):
+class Options(evaluate.TaskEval):
   task: str = option("addition", doc="lm/tasks/<task>.py: the step's prompts and the held-out test split")
   task_options: dict = option({})
   rewards: str = option("task:1.0", doc="weighted sum of lm/rewards/*.py, as in policy gradient")
@@ -45,23 +44,16 @@ class Options(options.Group):
   shaping: str = option("centered_rank", choices=("centered_rank", "zscore", "none"))
   temperature: float = option(0.0, min=0.0, doc="0: greedy answers (deterministic members)")
   max_new_tokens: int = option(8, min=1)
-  # held-out metrics at eval time (as policy gradient reports them), plus the KL of the policy to its start
-  eval_examples: int = option(500, min=1)
-  pass_n: int = option(16, min=0)
-  pass_k: tuple = option((1, 16))
-  pass_prompts: int = option(100, min=0)
-  eval_temperature: float = option(1.0, min=0.0)
+  # held-out metrics at eval time: evaluate.TaskEval's options, plus the KL of the policy to its start
   kl_prompts: int = option(64, min=0, doc="prompts for KL(policy || start) at eval, 16 samples each (0: skip)")
 
   def check(self, config) -> list:
-    problems = []
+    problems = super().check(config)
     if self.antithetic and self.population % 2:
       problems.append(f"objective.population={self.population} must be even with objective.antithetic=True")
     if config.train.batch_size != self.population:
       problems.append(f"train.batch_size={config.train.batch_size} must equal objective.population="
                       f"{self.population} (one batch row per member)")
-    if self.pass_n and max(self.pass_k, default=0) > self.pass_n:
-      problems.append(f"objective.pass_k={self.pass_k} has k > objective.pass_n={self.pass_n}")
     return problems
 
 
@@ -126,9 +118,7 @@ def build(setup) -> objective_lib.Objective:
     return loss, {"fitness_shaped_abs": jnp.abs(batch["fitness"]).mean()}
 
   def evaluate_fn(params, step):
-    out = evaluate.task_metrics(model, params, tokenizer, task, test, jax.random.PRNGKey(config.seed + 99),
-                                max_new_tokens=o.max_new_tokens, ks=o.pass_k, n=o.pass_n,
-                                pass_prompts=o.pass_prompts, temperature=o.eval_temperature)
+    out = o.metrics(model, params, tokenizer, task, test, config.seed, o.max_new_tokens)
     if o.kl_prompts and "params" in start:
       out["kl_to_start"] = kl_to_start(model, tokenizer, params, start["params"], test[:o.kl_prompts],
                                        jax.random.PRNGKey(config.seed + 7), o.max_new_tokens)

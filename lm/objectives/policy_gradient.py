@@ -14,7 +14,6 @@ import jax.numpy as jnp
 
 from lm import evaluate
 from lm import objective as objective_lib
-from lm import options
 from lm import rewards as rewards_lib
 from lm import sharding
 from lm import tasks
@@ -29,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class Options(options.Group):
+class Options(evaluate.TaskEval):
   algorithm: str = option("grpo", choices=tuple(algorithms.ALGORITHMS))
   task: str = option("addition", doc="lm/tasks/<task>.py: prompts (its train split) and the held-out test split")
   task_options: dict = option({}, doc="the task's make(**options)")
@@ -73,15 +72,10 @@ class Options(options.Group):
   zero_spread_warn: float = option(0.9, min=0.0, max=1.0, doc="warn when the zero-spread fraction averaged over "
                                                                "zero_spread_window rollouts exceeds this (1: never)")
   zero_spread_window: int = option(20, min=1)
-  # held-out task metrics at eval time
-  eval_examples: int = option(500, min=1, doc="test problems for greedy exact match")
-  pass_n: int = option(16, min=0, doc="samples per problem for pass@k and best-of-n (0: skip them)")
-  pass_k: tuple = option((1, 16))
-  pass_prompts: int = option(100, min=0, doc="the first this many test problems get pass_n samples each")
-  eval_temperature: float = option(1.0, min=0.0)
+  # (held-out task metrics at eval time: evaluate.TaskEval's options)
 
   def check(self, config) -> list:
-    problems = []
+    problems = super().check(config)
     rows, accum = config.train.batch_size, config.train.grad_accum
     if rows % self.group_size:
       problems.append(f"train.batch_size={rows} (rollout rows) must be a multiple of objective.group_size="
@@ -95,8 +89,6 @@ class Options(options.Group):
       problems.append("objective.kl_estimator='k1' with kl_in='loss' puts no leash on the policy: the gradient of "
                       "k1 = log pi - log ref is the score function, zero in expectation; use k3 or k2 in the loss, "
                       "or k1 with kl_in='reward'")
-    if self.pass_n and max(self.pass_k, default=0) > self.pass_n:
-      problems.append(f"objective.pass_k={self.pass_k} has k > objective.pass_n={self.pass_n} samples per prompt")
     return problems
 
 
@@ -123,10 +115,8 @@ def build(setup) -> objective_lib.Objective:
                                 rows=config.train.batch_size, seed=config.seed, ptx=ptx)
   test = task.examples("test", o.eval_examples, seed=config.seed)
 
-  def evaluate_fn(params, step):  # one fixed sampling key, so evals at different steps differ by the params only
-    return evaluate.task_metrics(model, params, tokenizer, task, test, jax.random.PRNGKey(config.seed + 99),
-                                 max_new_tokens=o.max_new_tokens, ks=o.pass_k, n=o.pass_n,
-                                 pass_prompts=o.pass_prompts, temperature=o.eval_temperature)
+  def evaluate_fn(params, step):
+    return o.metrics(model, params, tokenizer, task, test, config.seed, o.max_new_tokens)
 
   return objective_lib.Objective(
       loss_fn=functools.partial(losses.policy_loss, model=model, o=o),

@@ -33,6 +33,14 @@ def test_adaptive_kl_controller_moves_toward_target():
   assert kl_lib.Controller(0.1).update(100.0) == 0.1  # fixed
 
 
+def test_adaptive_kl_controller_error_is_relative_to_the_target_and_clipped_both_ways():
+  c = kl_lib.Controller(0.1, target=0.5, horizon=100)
+  assert c.update(0.55) == pytest.approx(0.1 * (1 + 0.1 / 100))  # error 0.55 / 0.5 - 1 = +0.1
+  c = kl_lib.Controller(0.1, target=0.5, horizon=100)
+  assert c.update(0.0) == pytest.approx(0.1 * (1 - 0.2 / 100))  # far below target: clipped at -0.2
+  assert kl_lib.Controller(0.1, target=0.5).horizon == 10000.0  # the default horizon, in samples
+
+
 def test_adaptive_kl_controller_advances_by_samples():
   """Ziegler et al.'s controller as TRL/OpenRLHF run it: one update of n samples moves the coefficient as n
   updates of one sample would (to first order), so the horizon counts samples, not rollouts."""
