@@ -25,6 +25,11 @@ def test_kl_estimators_equal_closed_forms_and_k3_is_nonnegative():
   assert float(kl_lib.estimate(jnp.zeros_like(log_r), log_r, "k3").min()) >= 0.0
 
 
+def test_unknown_estimator_names_the_known_ones():
+  with pytest.raises(ValueError, match="k4.*k1, k2, k3|k1.*k2.*k3"):
+    kl_lib.estimate(jnp.zeros(2), jnp.zeros(2), "k4")
+
+
 def test_adaptive_kl_controller_moves_toward_target():
   c = kl_lib.Controller(0.1, target=1.0, horizon=10)
   assert c.update(5.0) == pytest.approx(0.1 * 1.02)  # KL too high: error clipped to +0.2, coefficient up
