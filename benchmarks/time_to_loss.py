@@ -42,11 +42,13 @@ _EVAL_TOKENS = flags.DEFINE_integer("eval_tokens", 100 * 12 * 64, "Training toke
 _MAX_TORCH_STEPS = flags.DEFINE_integer("max_torch_steps", 3000, "nanoGPT gives up after this many steps.")
 _ONLY = flags.DEFINE_enum("only", None, ["nanogpt", "ours"], "Run one side once (seed --seed) and print its JSON.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of an --only run.")
+_TIMEOUT = flags.DEFINE_integer("timeout", 900, "Seconds one run may take.")
 _DATA = flags.DEFINE_string("data", "", "Internal: the .npz of character ids the nanoGPT side reads.")
 
 
 def char_data(config) -> dict:
-  """TFDS's train and validation splits as character ids 0..64 (nanoGPT's vocabulary: the text's characters)."""
+  """nanoGPT's side of the data: TFDS's train split as character ids 0..64 (nanoGPT's vocabulary: the text's
+  characters) and the validation split as the very windows lm/data/lm_batches.eval_batches gives our side."""
   import numpy as np
   from lm import tokenizer as tokenizer_lib
   from lm.data import lm_batches
@@ -55,7 +57,9 @@ def char_data(config) -> dict:
   chars = np.unique(np.concatenate([train, val]))
   ids = np.zeros(int(chars.max()) + 1, np.int64)
   ids[chars] = np.arange(len(chars))
-  return {"train": ids[train], "val": ids[val], "vocab": max(65, len(chars))}
+  windows = list(lm_batches.eval_batches(ids[val], config.data.seq_len, 64))
+  return {"train": ids[train], "vocab": max(65, len(chars)),
+          **{f"val_{k}": np.stack([w[k] for w in windows]) for k in ("inputs", "targets", "weights")}}
 
 
 def run_nanogpt(data_path: str, seed: int, eval_every: int, target: float, max_steps: int) -> dict:
@@ -67,14 +71,12 @@ def run_nanogpt(data_path: str, seed: int, eval_every: int, target: float, max_s
 
   sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
   import torch_reference as ref
-  from lm.data import lm_batches
 
   data = np.load(data_path)
   t0 = time.perf_counter()
   torch.manual_seed(1337 + seed)
   train = torch.from_numpy(data["train"])
-  val_batches = [(torch.from_numpy(b["inputs"]).long(), torch.from_numpy(b["targets"]).long(),
-                  torch.from_numpy(b["weights"])) for b in lm_batches.eval_batches(data["val"], ref.BLOCK, 64)]
+  val_batches = list(zip(*(torch.from_numpy(data[f"val_{k}"]) for k in ("inputs", "targets", "weights"))))
   model = ref.GPT(vocab=int(data["vocab"]))
   opt = ref.nanogpt_adamw(model, lr=1e-3)
 
@@ -90,8 +92,8 @@ def run_nanogpt(data_path: str, seed: int, eval_every: int, target: float, max_s
     model.eval()
     nll = n = 0.0
     for x, y, w in val_batches:
-      logits = model.logits(x)
-      nll += float((F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none") * w.flatten()).sum())
+      logits = model.logits(x.long())
+      nll += float((F.cross_entropy(logits.flatten(0, 1), y.long().flatten(), reduction="none") * w.flatten()).sum())
       n += float(w.sum())
     model.train()
     return nll / n
@@ -118,7 +120,7 @@ def run_nanogpt(data_path: str, seed: int, eval_every: int, target: float, max_s
   step, loss = evals[-1] if evals else (max_steps, float("nan"))
   return {"side": "nanogpt", "seed": seed, "reached": loss <= target, "step": step, "loss": loss,
           "tokens": step * ref.BATCH * ref.BLOCK, "wall_s": wall, "train_s": wall - eval_s,
-          "torch": f"{torch.__version__}, {torch.get_num_threads()} threads"}
+          "torch": f"{torch.__version__}, {torch.get_num_threads()} threads", "load": os.getloadavg()[0]}
 
 
 class Reached(Exception):
@@ -163,13 +165,17 @@ def run_ours(config, seed: int, eval_tokens: int, target: float) -> dict:
   step, loss = evals[-1] if evals else (config.train.steps, float("nan"))
   return {"side": "ours", "seed": seed, "reached": loss <= target, "step": step, "loss": loss,
           "tokens": step * rows, "wall_s": wall, "train_s": wall - state["eval_s"],
-          "jax": f"{jax.__version__}, {jax.devices()[0].device_kind}", "evals": evals}
+          "jax": f"{jax.__version__}, {jax.devices()[0].device_kind}", "evals": evals, "load": os.getloadavg()[0]}
 
 
 def _subprocess(side: str, seed: int, data: str) -> dict:
-  args = [a for a in sys.argv[1:] if not a.startswith(("--only", "--seed", "--repeats"))]
+  args = [a for a in sys.argv[1:] if not a.startswith(("--only", "--seed", "--repeats", "--timeout"))]
   cmd = [sys.executable, os.path.abspath(__file__), f"--only={side}", f"--seed={seed}", f"--data={data}", *args]
-  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  try:
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=_TIMEOUT.value)
+  except subprocess.TimeoutExpired:
+    raise SystemExit(f"{side} seed {seed} ran past --timeout={_TIMEOUT.value} s: is the machine busy? "
+                     f"(load average {os.getloadavg()[0]:.1f})") from None
   if out.returncode:
     raise SystemExit(f"{side} seed {seed} failed:\n{out.stderr[-3000:]}")
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -178,6 +184,9 @@ def _subprocess(side: str, seed: int, data: str) -> dict:
 def main(argv):
   del argv
   config, target = _CONFIG.value, _TARGET.value
+  if config.data.seq_len != 64 or config.data.name != "tiny_shakespeare":
+    raise SystemExit("both sides are evaluated on the same 64-character windows of tiny_shakespeare: keep "
+                     "data.seq_len=64 and data.name=tiny_shakespeare")
   torch_every = _EVAL_TOKENS.value // (12 * 64)
   if _ONLY.value == "ours":
     print(json.dumps(run_ours(config, _SEED.value, _EVAL_TOKENS.value, target)))
@@ -195,7 +204,7 @@ def main(argv):
         r = _subprocess(side, seed, data)
         results.append(r)
         print(f"  {side:<8} seed {seed}: loss {r['loss']:.4f} at step {r['step']} ({r['tokens']:,} tokens), "
-              f"{r['wall_s']:.1f} s wall, {r['train_s']:.1f} s without evals", flush=True)
+              f"{r['wall_s']:.1f} s wall, {r['train_s']:.1f} s without evals; load average {r['load']:.1f}", flush=True)
   print(f"\ntarget: validation loss <= {target} (nats/char, TFDS validation split), evaluated every "
         f"{_EVAL_TOKENS.value:,} training tokens; {_REPEATS.value} alternating pairs")
   print(f"{'side':<8}  {'reached':>7}  {'tokens (median)':>15}  {'wall s (each)':<28}  {'median':>6}  "
