@@ -1,10 +1,10 @@
 """The `train.*` config group and the optimizer it builds: AdamW (or SGD, or Muon for the transformer blocks'
 matrices with AdamW for the rest) with warm-up and a cosine or constant schedule."""
 import dataclasses
+import math
 import re
 
 import jax
-import jax.numpy as jnp
 import optax
 from optax import contrib
 
@@ -94,22 +94,19 @@ def muon_dims(path, x) -> contrib.MuonDimensionNumbers:
   """Which axes of a block matrix are its input (reduction) and output, so Muon orthogonalises the 2-D matrix
   the forward pass multiplies by (lm/model.py reshapes each kernel to one): q/k/v kernels (d, heads, head_dim)
   -> (d, heads * head_dim); the output projection (heads, head_dim, d) -> (heads * head_dim, d); MLP kernels are
-  already (in, out). Orthogonalising each head's slice instead would let the whole map's spectral norm grow with
-  sqrt(heads), which is not the steepest-descent step for the layer's actual linear map."""
-  name = str(getattr(path[-2], "key", "")) if len(path) >= 2 else ""
+  already (in, out). Orthogonalising each head's slice instead would give a stacked update whose spectral norm
+  is up to sqrt(heads): not the steepest-descent step for the layer's actual linear map."""
   if x.ndim == 2:
     return contrib.MuonDimensionNumbers(0, 1)
-  if name == "attn" and str(getattr(path[-1], "key", "")) == "o":
+  if [str(getattr(k, "key", "")) for k in path[-2:]] == ["attn", "o"]:
     return contrib.MuonDimensionNumbers(tuple(range(x.ndim - 1)), x.ndim - 1)
   return contrib.MuonDimensionNumbers(0, tuple(range(1, x.ndim)))
 
 
 def _width_scale(x, dims: contrib.MuonDimensionNumbers):
   """sqrt(max(1, fan_out / fan_in)): Keller Jordan's scale that keeps the update's per-entry size width-free."""
-  axes = lambda a: (a,) if isinstance(a, int) else a
-  fan_in = jnp.prod(jnp.array([x.shape[a] for a in axes(dims.reduction_axis)]))
-  fan_out = jnp.prod(jnp.array([x.shape[a] for a in axes(dims.output_axis)]))
-  return x * jnp.sqrt(jnp.maximum(1.0, fan_out / fan_in)).astype(x.dtype)
+  size = lambda axes: math.prod(x.shape[a] for a in ((axes,) if isinstance(axes, int) else axes))
+  return x * max(1.0, size(dims.output_axis) / size(dims.reduction_axis)) ** 0.5
 
 
 def muon(learning_rate, momentum: float = 0.95, ns_steps: int = 5, weight_decay: float = 0.0):
