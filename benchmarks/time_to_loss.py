@@ -30,6 +30,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)  # a cold compile is part of what a researcher waits for
+_cpus = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--cpus=")]
+if _cpus and _cpus[-1]:  # before torch or jax size their thread pools (both follow the affinity mask)
+  os.sched_setaffinity(0, {int(c) for c in _cpus[-1].split(",")})
 if "--only=ours" in sys.argv:  # each side runs as its own program does: launch.py sets this before anything
   from lm import cpu
   cpu.keep_freed_memory()
@@ -45,6 +48,8 @@ _EVAL_TOKENS = flags.DEFINE_integer("eval_tokens", 100 * 12 * 64, "Training toke
 _MAX_TORCH_STEPS = flags.DEFINE_integer("max_torch_steps", 3000, "nanoGPT gives up after this many steps.")
 _ONLY = flags.DEFINE_enum("only", None, ["nanogpt", "ours"], "Run one side once (seed --seed) and print its JSON.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of an --only run.")
+_CPUS = flags.DEFINE_string("cpus", "", "Pin both sides to these cores (e.g. 0): one thread each. For a busy "
+                            "machine, where torch's spinning OpenMP threads lose far more than their share.")
 _TIMEOUT = flags.DEFINE_integer("timeout", 900, "Seconds one run may take.")
 _DATA = flags.DEFINE_string("data", "", "Internal: the .npz of character ids the nanoGPT side reads.")
 
