@@ -1,7 +1,7 @@
 """nanoGPT's CPU Shakespeare model in plain PyTorch, timed the same way as benchmarks/throughput.py.
 
 The reference for the "as fast as nanoGPT" target, measured on the same machine:
-  pip install torch   # not a dependency of lm; use a separate venv
+  pip install -e '.[test]'   # torch is a test-only dependency of lm
   python benchmarks/torch_reference.py
 Model: 4 layers x 4 heads x 128, context 64, batch 12, vocab 65, no bias, no dropout, AdamW, grad clip 1.0,
 eager mode (nanoGPT's --compile=False), as in nanoGPT's model.py. Prints a table; asserts nothing.
@@ -35,30 +35,41 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
 
-  def __init__(self):
+  def __init__(self, vocab=VOCAB):
     super().__init__()
-    self.wte, self.wpe = nn.Embedding(VOCAB, N_EMBD), nn.Embedding(BLOCK, N_EMBD)
+    self.wte, self.wpe = nn.Embedding(vocab, N_EMBD), nn.Embedding(BLOCK, N_EMBD)
     self.blocks = nn.ModuleList(Block() for _ in range(N_LAYER))
     self.ln_f = nn.LayerNorm(N_EMBD, bias=False)
-    self.lm_head = nn.Linear(N_EMBD, VOCAB, bias=False)
+    self.lm_head = nn.Linear(N_EMBD, vocab, bias=False)
     self.lm_head.weight = self.wte.weight
     for name, p in self.named_parameters():
       if p.dim() >= 2:
         nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * N_LAYER) if name.endswith(("c_proj.weight", "proj.weight"))
                         else 0.02)
 
-  def forward(self, idx, targets):
+  def logits(self, idx):
     x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
     for blk in self.blocks:
       x = blk(x)
-    logits = self.lm_head(self.ln_f(x))
-    return F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1))
+    return self.lm_head(self.ln_f(x))
+
+  def forward(self, idx, targets):
+    logits = self.logits(idx)
+    return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+
+def nanogpt_adamw(model, lr=1e-3, weight_decay=0.1):
+  """nanoGPT's configure_optimizers: decay matrices (and embeddings), not vectors; betas (0.9, 0.99)."""
+  params = [p for p in model.parameters() if p.requires_grad]
+  groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+  return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
 
 
 def main(steps=100, warmup=10):
   torch.manual_seed(0)
   model = GPT()
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+  opt = nanogpt_adamw(model)
   data = torch.randint(0, VOCAB, (200_000,))
 
   def step():

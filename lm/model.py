@@ -36,11 +36,14 @@ class ModelConfig(options.Group):
   d_ff: int = option(0, min=0, doc="0: 4 * d_model")
   max_len: int = option(64, min=1, doc="context length (and the learned position table's size)")
   norm: str = option("layernorm", choices=("layernorm", "rmsnorm"))
-  mlp: str = option("gelu", choices=("gelu", "swiglu"))
+  mlp: str = option("gelu", choices=("gelu", "swiglu", "relu2"), doc="relu2: relu(x)^2 (modded-nanogpt)")
   position: str = option("learned", choices=("learned", "rope"))
   rope_theta: float = option(10000.0, above=0)
   use_bias: bool = option(False)
   tie_embeddings: bool = option(True)
+  qk_norm: bool = option(False, doc="RMS-normalise queries and keys per head (no params): |logit| <= sqrt(head_dim)")
+  zero_init_out: bool = option(False, doc="attention and MLP output projections start at 0: each block is the "
+                               "identity at init")
   sliding_window: int = option(0, min=0, doc="0: full causal attention")
   dropout: float = option(0.0, min=0.0, max=0.999)
   norm_eps: float = option(1e-5, above=0)
@@ -72,7 +75,17 @@ class ModelConfig(options.Group):
 
 
 def _init(std, axes):
-  return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+  return nn.with_logical_partitioning(nn.initializers.normal(std) if std else nn.initializers.zeros, axes)
+
+
+def _out_std(cfg: ModelConfig) -> float:
+  """Init std of the residual-branch output projections (GPT-2's 0.02 / sqrt(2 n_layers)); 0: zeros."""
+  return 0.0 if cfg.zero_init_out else 0.02 / (2 * cfg.n_layers) ** 0.5
+
+
+def _rms(x, eps):
+  x32 = x.astype(jnp.float32)
+  return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
 def _norm(cfg: ModelConfig, name: str):
@@ -136,6 +149,8 @@ class Attention(nn.Module):
       qkv = qkv + jnp.concatenate([params[n][1].reshape(-1) for n in heads])
     q, k, v = (y.reshape(b, t, heads[n][0], hd) for n, y in
                zip(heads, jnp.split(qkv, [cfg.n_heads * hd, (cfg.n_heads + cfg.n_kv_heads) * hd], axis=1)))
+    if cfg.qk_norm:
+      q, k = _rms(q, cfg.norm_eps), _rms(k, cfg.norm_eps)
     if cfg.position == "rope":
       q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
     q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
@@ -158,8 +173,7 @@ class Attention(nn.Module):
       mask = attention_mask(positions, segment_ids, kv_pos, kv_seg, cfg.sliding_window)
       out = jax.nn.dot_product_attention(q, k, v, mask=mask)
     out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "head_dim"))
-    wo, bo = self._param("o", (cfg.n_heads, hd, d), ("heads", "head_dim", "embed"), std / (2 * cfg.n_layers) ** 0.5,
-                         ("embed",))
+    wo, bo = self._param("o", (cfg.n_heads, hd, d), ("heads", "head_dim", "embed"), _out_std(cfg), ("embed",))
     out = out.reshape(b * t, cfg.n_heads * hd) @ wo.reshape(-1, d)
     if bo is not None:
       out = out + bo
@@ -180,11 +194,12 @@ class Mlp(nn.Module):
       gate = dense(cfg.d_ff, kernel_init=_init(0.02, ("embed", "mlp")), name="gate")(x)
       up = dense(cfg.d_ff, kernel_init=_init(0.02, ("embed", "mlp")), name="up")(x)
       h = nn.silu(gate) * up
+    elif cfg.mlp == "relu2":
+      h = jnp.square(nn.relu(dense(cfg.d_ff, kernel_init=_init(0.02, ("embed", "mlp")), name="up")(x)))
     else:
       h = nn.gelu(dense(cfg.d_ff, kernel_init=_init(0.02, ("embed", "mlp")), name="up")(x))
     h = nn.with_logical_constraint(h, ("batch", "act_mlp"))
-    return dense(cfg.d_model, kernel_init=_init(0.02 / (2 * cfg.n_layers) ** 0.5, ("mlp", "embed")),
-                 name="down")(h).reshape(shape)
+    return dense(cfg.d_model, kernel_init=_init(_out_std(cfg), ("mlp", "embed")), name="down")(h).reshape(shape)
 
 
 class Block(nn.Module):

@@ -1,8 +1,12 @@
-"""The `train.*` config group and the optimizer it builds: AdamW with warm-up and a cosine or constant schedule."""
+"""The `train.*` config group and the optimizer it builds: AdamW (or SGD, or Muon for the transformer blocks'
+matrices with AdamW for the rest) with warm-up and a cosine or constant schedule."""
 import dataclasses
+import math
+import re
 
 import jax
 import optax
+from optax import contrib
 
 from lm import options
 from lm.options import option
@@ -11,7 +15,9 @@ from lm.options import option
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(options.Group):
   steps: int = option(2000, min=0)
-  optimizer: str = option("adamw", choices=("adamw", "sgd"), doc="sgd: plain steps (no moments), e.g. for ES")
+  optimizer: str = option("adamw", choices=("adamw", "sgd", "muon"),
+                          doc="sgd: plain steps (no moments), e.g. for ES; muon: Muon for the blocks' matrices, "
+                          "AdamW (train.lr, b1, b2, weight_decay) for embeddings, head, norms and biases")
   batch_size: int = option(12, min=1, doc="global rows per step, across all processes and devices")
   grad_accum: int = option(1, min=1, doc="micro-batches per step (the batch's rows split evenly)")
   lr: float = option(1e-3, min=0.0)
@@ -22,6 +28,10 @@ class TrainConfig(options.Group):
   b1: float = option(0.9, min=0.0, max=1.0)
   b2: float = option(0.99, min=0.0, max=1.0)
   weight_decay: float = option(0.1, min=0.0)
+  muon_lr: float = option(0.02, min=0.0, doc="Muon's peak learning rate (same warm-up and schedule as train.lr)")
+  muon_momentum: float = option(0.95, min=0.0, max=1.0, doc="Muon's (Nesterov) momentum")
+  muon_ns_steps: int = option(5, min=1, doc="Newton-Schulz iterations that orthogonalise Muon's update")
+  muon_weight_decay: float = option(0.0, min=0.0, doc="decoupled decay of Muon's matrices, times muon_lr")
   grad_clip: float = option(1.0, min=0.0, doc="global-norm clip; 0: none")
   z_loss: float = option(0.0, min=0.0)
   nonfinite: str = option("stop", choices=("stop", "skip"), doc="a non-finite loss/gradient: stop, or skip the update")
@@ -49,10 +59,67 @@ def make_optimizer(t):
                                                   end_value=t.min_lr)
   # Decay matrices only: norms, biases (and other vectors) are left alone, as in nanoGPT and most LLM recipes.
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  if getattr(t, "optimizer", "adamw") == "sgd":
+  adamw = optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask)
+  kind = getattr(t, "optimizer", "adamw")
+  if kind == "sgd":
     update = optax.chain(optax.add_decayed_weights(t.weight_decay, mask=decay_mask) if t.weight_decay
                          else optax.identity(), optax.sgd(schedule))
+  elif kind == "muon":
+    ratio = t.muon_lr / t.lr if t.lr else 0.0  # Muon's rate follows train.lr's warm-up and decay
+    muon_schedule = lambda step: schedule(step) * ratio
+    update = optax.partition({"muon": muon(muon_schedule, t.muon_momentum, t.muon_ns_steps, t.muon_weight_decay),
+                              "adamw": adamw}, muon_labels)
   else:
-    update = optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask)
+    update = adamw
   optimizer = optax.chain(optax.clip_by_global_norm(t.grad_clip) if t.grad_clip else optax.identity(), update)
   return optimizer, schedule
+
+
+# ---- Muon (Keller Jordan's modded-nanogpt): momentum, orthogonalised by Newton-Schulz, for hidden matrices ----
+
+_BLOCK = re.compile(r"layer_\d+$")
+
+
+def muon_labels(params):
+  """"muon" for matrices inside the transformer blocks (layer_<i>/...), "adamw" for the rest: embeddings, the
+  head and any objective's heads (their rows are looked up or read out one by one, not a hidden linear map, which
+  is what Muon's spectral-norm steepest descent is for), norms and biases (vectors)."""
+  def label(path, x):
+    in_block = any(_BLOCK.match(str(getattr(k, "key", ""))) for k in path)
+    return "muon" if in_block and x.ndim >= 2 else "adamw"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def muon_dims(path, x) -> contrib.MuonDimensionNumbers:
+  """Which axes of a block matrix are its input (reduction) and output, so Muon orthogonalises the 2-D matrix
+  the forward pass multiplies by (lm/model.py reshapes each kernel to one): q/k/v kernels (d, heads, head_dim)
+  -> (d, heads * head_dim); the output projection (heads, head_dim, d) -> (heads * head_dim, d); MLP kernels are
+  already (in, out). Orthogonalising each head's slice instead would give a stacked update whose spectral norm
+  is up to sqrt(heads): not the steepest-descent step for the layer's actual linear map."""
+  if x.ndim == 2:
+    return contrib.MuonDimensionNumbers(0, 1)
+  if [str(getattr(k, "key", "")) for k in path[-2:]] == ["attn", "o"]:
+    return contrib.MuonDimensionNumbers(tuple(range(x.ndim - 1)), x.ndim - 1)
+  return contrib.MuonDimensionNumbers(0, tuple(range(1, x.ndim)))
+
+
+def _width_scale(x, dims: contrib.MuonDimensionNumbers):
+  """sqrt(max(1, fan_out / fan_in)): Keller Jordan's scale that keeps the update's per-entry size width-free."""
+  size = lambda axes: math.prod(x.shape[a] for a in ((axes,) if isinstance(axes, int) else axes))
+  return x * max(1.0, size(dims.output_axis) / size(dims.reduction_axis)) ** 0.5
+
+
+def muon(learning_rate, momentum: float = 0.95, ns_steps: int = 5, weight_decay: float = 0.0):
+  """Muon for a tree of block matrices: Nesterov momentum -> Newton-Schulz orthogonalisation (optax's quintic,
+  coefficients (3.4445, -4.7750, 2.0315), on the matrix muon_dims names) -> width scale -> decay -> -lr."""
+  dims = lambda tree: jax.tree_util.tree_map_with_path(muon_dims, tree)
+
+  def scale(updates, state, params=None):
+    del params
+    return jax.tree.map(_width_scale, updates, dims(updates)), state
+
+  return optax.chain(
+      contrib.scale_by_muon(ns_steps=ns_steps, beta=momentum, nesterov=True, weight_dimension_numbers=dims),
+      optax.GradientTransformation(lambda _: optax.EmptyState(), scale),
+      optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+      optax.scale_by_learning_rate(learning_rate))

@@ -99,9 +99,12 @@ def opt_state_shardings(optimizer, abstract_params, p_shardings, mesh):
   """Optimizer moments sharded exactly like their params; scalars (counts) replicated."""
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   replicated = NamedSharding(mesh, P())
-  return optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, p_shardings,
+  # optax.partition (Muon + AdamW) keeps each part's moments as a params tree with MaskedNode where the other
+  # part's params are: those stay MaskedNode.
+  masked = optax.transforms.MaskedNode
+  return optax.tree_map_params(optimizer, lambda x, s: x if isinstance(x, masked) else s, abstract_opt, p_shardings,
                                transform_non_params=lambda _: replicated,
-                               is_leaf=lambda x: isinstance(x, NamedSharding))
+                               is_leaf=lambda x: isinstance(x, (NamedSharding, masked)))
 
 
 def batch_sharding(mesh) -> NamedSharding:

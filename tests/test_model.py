@@ -129,3 +129,74 @@ def test_remat_and_bf16_match_the_plain_float32_loss_and_grads(overrides, tol):
   np.testing.assert_allclose(l1, l0, rtol=tol)
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
     np.testing.assert_allclose(b, a, rtol=tol * 10, atol=tol * 0.1)
+
+
+# ---- Options from the modded-nanogpt speedruns (configs/speedrun_shakespeare.py) ----
+
+SPEEDRUN = {"model.qk_norm": True, "model.mlp": "relu2", "model.zero_init_out": True}
+
+
+def _tree(params) -> list:
+  return sorted((jax.tree_util.keystr(k), v.shape) for k, v in jax.tree_util.tree_leaves_with_path(params))
+
+
+def test_defaults_give_the_model_of_before_the_speedrun_options():
+  """Default options: the same params and logits as at commit 8511fe0 (values recorded there with this input),
+  so runs and checkpoints made before these options existed mean what they meant."""
+  model, params = build(GPT)
+  tokens = jnp.asarray(np.arange(16).reshape(2, 8) * 7 % 256, jnp.int32)
+  logits, _ = jitted(model)({"params": params}, tokens)
+  assert len(_tree(params)) == 19
+  np.testing.assert_allclose(float(jnp.abs(logits).sum()), 391.3132019042969, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(logits[1, 3, :4]), [0.0826855, 0.0589400, -0.1216348, -0.0128386], atol=1e-5)
+
+
+def test_speedrun_options_add_no_params():
+  """QK-norm, ReLU^2 and zero-initialised projections change no param's name or shape: checkpoints load across."""
+  assert _tree(build(GPT)[1]) == _tree(build(SPEEDRUN)[1])
+
+
+def _layernorm(x, eps=1e-5):
+  return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+
+
+def test_zero_init_out_makes_every_block_the_identity_at_init():
+  """With zero output projections the residual stream is the embeddings: logits = LN(tok + pos) @ E^T (NumPy)."""
+  model, params = build({"model.zero_init_out": True})
+  for name, layer in params.items():
+    if name.startswith("layer_"):
+      assert not np.any(np.asarray(layer["attn"]["o"])) and not np.any(np.asarray(layer["mlp"]["down"]["kernel"]))
+      assert np.any(np.asarray(layer["attn"]["q"])) and np.any(np.asarray(layer["mlp"]["up"]["kernel"]))
+  tokens = np.random.default_rng(0).integers(0, 256, size=(2, 8))
+  logits, _ = jitted(model)({"params": params}, jnp.asarray(tokens, jnp.int32))
+  emb, pos = np.asarray(params["embed"]["embedding"]), np.asarray(params["pos_embed"])
+  expected = _layernorm(emb[tokens] + pos[:8]) @ emb.T
+  np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4)
+
+
+def test_qk_norm_attention_sees_only_the_directions_of_queries_and_keys():
+  """QK-norm: scaling the query and key kernels by 100 leaves the logits unchanged (each attention logit is
+  q.k / sqrt(d) of unit-RMS q and k, so |logit| <= sqrt(head_dim) whatever the weights); without it they change."""
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, 256, size=(2, 8)), jnp.int32)
+
+  def logits_change(overrides):
+    model, params = build(overrides)
+    big = jax.tree_util.tree_map_with_path(
+        lambda p, x: x * 100.0 if jax.tree_util.keystr(p).endswith(("['q']", "['k']")) else x, params)
+    a, _ = jitted(model)({"params": params}, tokens)
+    b, _ = jitted(model)({"params": big}, tokens)
+    return float(jnp.abs(a - b).max())
+
+  assert logits_change({"model.qk_norm": True}) < 1e-4
+  assert logits_change({}) > 1e-2
+
+
+def test_relu2_mlp_matches_numpy():
+  cfg = model_lib.ModelConfig.from_config(tiny_config(**{"model.mlp": "relu2"}).model)
+  mlp = model_lib.Mlp(cfg)
+  x = np.random.default_rng(2).normal(size=(2, 5, cfg.d_model)).astype(np.float32)
+  import flax.linen as nn
+  params = nn.unbox(mlp.init(jax.random.PRNGKey(0), jnp.asarray(x))["params"])
+  up, down = np.asarray(params["up"]["kernel"]), np.asarray(params["down"]["kernel"])
+  np.testing.assert_allclose(np.asarray(mlp.apply({"params": params}, jnp.asarray(x))),
+                             np.maximum(x @ up, 0.0) ** 2 @ down, atol=1e-5)
