@@ -248,3 +248,19 @@ def test_export_refuses_a_model_without_hf_equivalent(tmp_path):
   with pytest.raises(UserError) as e:
     convert.model_type(setup.base_model.cfg)
   one_line(e, "no Hugging Face equivalent", "position=rope, norm=layernorm")
+
+
+def test_a_hugging_face_directory_opens_like_a_run(hf_models, ours):
+  """sample, eval and compression open HF directories through lm.runs.load as they open run directories."""
+  from lm import runs
+  setup, params = runs.load(hf_models["qwen2"][0])
+  np.testing.assert_array_equal(our_logits(setup, params, TOKENS), our_logits(*ours["qwen2"], TOKENS))
+
+
+def test_export_cli_errors_are_one_line(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    export.main(["--checkpoint", str(tmp_path / "nothing"), str(tmp_path / "out")])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and "nothing" in err[0]
+  assert not (tmp_path / "out").exists()
