@@ -264,3 +264,53 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and "nothing" in err[0]
   assert not (tmp_path / "out").exists()
+
+
+def test_byte_tokenizer_with_a_model_that_has_its_own(hf_models, tmp_path):
+  d = copy_model(hf_models, "llama3", tmp_path)
+  config = json.loads((d / "config.json").read_text())
+  (d / "config.json").write_text(json.dumps({**config, "vocab_size": 512}))
+  (d / "tokenizer.json").write_text("{}")
+  with pytest.raises(UserError) as e:
+    Setup(config_from(d))
+  one_line(e, f"set --config.tokenizer=hf:{d}")
+
+
+SHARDED_LOAD = """
+import json, sys
+import jax, numpy as np
+from lm import checkpoint as ckpt_lib
+from lm.setup import Setup
+from lm import model as model_lib
+from tests.conftest import tiny_config
+c = tiny_config(**{"mesh.data": 1, "mesh.fsdp": 4, "mesh.tensor": 2, "checkpoint.init_from": sys.argv[1]})
+c.model = model_lib.ModelConfig.config()
+TOKENS = np.asarray(json.loads(sys.argv[2]), np.int32)
+setup = Setup(c)
+with setup.use():
+  params = setup.init_from(sys.argv[1], jax.random.PRNGKey(0))
+  logits = jax.jit(setup.model.apply)({"params": params}, TOKENS)[0]
+want = setup.param_shardings()
+shards = {ckpt_lib.path_of(p): [list(s.data.shape) for s in x.addressable_shards]
+          for p, x in jax.tree_util.tree_leaves_with_path(params)}
+ok = all(x.sharding == w for x, w in zip(jax.tree.leaves(params), jax.tree.leaves(want)))
+print("RESULT " + json.dumps({"ok": ok, "shards": shards, "logits": np.asarray(logits).tolist()}))
+"""
+
+
+def test_loads_straight_into_a_sharded_mesh(hf_models, ours):
+  """On 8 simulated devices (fsdp=4 x tensor=2) every tensor lands in its rule's sharding, each device holding
+  only its slice, and the model computes the same logits."""
+  import subprocess
+  import sys
+  from tests.conftest import ROOT
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": str(ROOT)}
+  out = subprocess.run([sys.executable, "-c", SHARDED_LOAD, hf_models["llama3"][0], json.dumps(TOKENS.tolist())],
+                       env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+  assert result["ok"]
+  assert result["shards"]["layer_0/attn/q"] == [[8, 2, 8]] * 8  # embed 32 / fsdp 4, heads 4 / tensor 2
+  assert result["shards"]["embed/embedding"] == [[132, 8]] * 8  # vocab 264 / tensor 2, embed / fsdp
+  np.testing.assert_allclose(np.asarray(result["logits"]), our_logits(*ours["llama3"], TOKENS), atol=1e-5)

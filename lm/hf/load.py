@@ -57,6 +57,10 @@ def resolve_config(config):
   if conflicts:
     raise UserError(f"checkpoint.init_from={path!r} is a Hugging Face model whose config.json sets the architecture; "
                     f"these overrides contradict it: {', '.join(conflicts)}; remove them")
+  has_tokenizer = any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model"))
+  if has_tokenizer and config.tokenizer == "byte" and arch["vocab_size"] != defaults.vocab_size:
+    raise UserError(f"checkpoint.init_from={path!r} has its own tokenizer ({arch['vocab_size']} tokens); set "
+                    f"--config.tokenizer=hf:{path} (the byte tokenizer's ids mean nothing to this model)")
   config = config.copy_and_resolve_references()
   config.model.update(arch)
   return config
