@@ -63,27 +63,25 @@ def _get(tree, path: str):
 
 
 def init(rng, base, cfg: LoraConfig, mlp: str = "swiglu") -> dict:
-  """Adapters for the (boxed or plain) base params: A ~ N(0, 1/in) like PEFT's default, B = 0. Each factor
-  keeps the logical axis names of its side of the kernel, the rank axis unsharded, so adapters shard like
-  their matrices."""
-  out = {}
+  """Adapters for the (boxed or plain, concrete or abstract) base params: A ~ N(0, 1/in) like PEFT's default,
+  B = 0. Each factor keeps the logical axis names of its side of the kernel, the rank axis unsharded, so
+  adapters shard like their matrices."""
   layers = sorted((k for k in base if k.startswith("layer_")), key=lambda k: int(k.split("_")[1]))
-  for li, layer in enumerate(layers):
-    for ti, name in enumerate(cfg.names(mlp)):
-      path, n_in = TARGETS[name]
-      w = _get(base[layer], path)
-      names = w.names if isinstance(w, nn.LogicallyPartitioned) else (None,) * len(_shape(w))
-      shape = _shape(w)
-      fan_in = int(np.prod(shape[:n_in]))
-      a = jax.random.normal(jax.random.fold_in(rng, li * len(TARGETS) + ti), (*shape[:n_in], cfg.rank),
-                            jnp.float32) / np.sqrt(fan_in)
-      b = jnp.zeros((cfg.rank, *shape[n_in:]), jnp.float32)
-      dtype = _dtype(w)
-      a, b = a.astype(dtype), b.astype(dtype)
-      if isinstance(w, nn.LogicallyPartitioned):
-        a = nn.LogicallyPartitioned(a, (*names[:n_in], None))
-        b = nn.LogicallyPartitioned(b, (None, *names[n_in:]))
-      out.setdefault(layer, {})[name] = {"a": a, "b": b}
+  places = [(layer, name, _get(base[layer], TARGETS[name][0])) for layer in layers for name in cfg.names(mlp)]
+  a_shapes = [(*_shape(w)[:TARGETS[name][1]], cfg.rank) for _, name, w in places]
+  # One draw cut into every A: one random op to compile rather than one per matrix (measured: 10 s of compile
+  # for 8 layers x 4 targets on 2 CPU cores).
+  noise = jax.random.normal(rng, (sum(int(np.prod(s)) for s in a_shapes),), jnp.float32)
+  out, start = {}, 0
+  for (layer, name, w), a_shape in zip(places, a_shapes):
+    n_in, size = TARGETS[name][1], int(np.prod(a_shape))
+    a = (noise[start:start + size].reshape(a_shape) / np.sqrt(np.prod(a_shape[:-1]))).astype(_dtype(w))
+    b = jnp.zeros((cfg.rank, *_shape(w)[n_in:]), _dtype(w))
+    start += size
+    if isinstance(w, nn.LogicallyPartitioned):
+      a = nn.LogicallyPartitioned(a, (*w.names[:n_in], None))
+      b = nn.LogicallyPartitioned(b, (None, *w.names[n_in:]))
+    out.setdefault(layer, {})[name] = {"a": a, "b": b}
   return out
 
 
