@@ -88,7 +88,8 @@ def main():
       r = subprocess.run([sys.executable, "-c", MAKE, kind, json.dumps(kw), d], env=env, capture_output=True, text=True,
                          check=True)
       ref = json.loads(r.stdout.strip().splitlines()[-1])
-    r = subprocess.run([sys.executable, __file__, f"--measure={d}"], env=env, capture_output=True, text=True, check=True)
+    r = subprocess.run([sys.executable, __file__, f"--measure={d}"], env=env, capture_output=True, text=True,
+                       check=True)
     rows.append({"model": name, **json.loads(r.stdout.strip().splitlines()[-1]), **ref})
   print("| model | params | safetensors | load (ours) | load (transformers) | peak RSS growth | host staging peak |")
   print("|---|---|---|---|---|---|---|")

@@ -54,7 +54,8 @@ def _text(x) -> str:
 
 
 def _messages(prompt, system) -> list:
-  return ([{"role": "system", "content": _text(system)}] if system else []) + [{"role": "user", "content": _text(prompt)}]
+  user = [{"role": "user", "content": _text(prompt)}]
+  return ([{"role": "system", "content": _text(system)}] if system else []) + user
 
 
 def turn_end_id(tokenizer):

@@ -2,8 +2,8 @@
 
 Each group is declared once, with its defaults, allowed values and ranges, beside the code that reads it:
 `model.*` (lm/model.py), `train.*` (lm/optim.py), `data.*` (lm/data/sources.py), `mesh.*` (lm/sharding.py),
-`checkpoint.*` (lm/checkpoint.py), `lora.*` (lm/lora.py), `eval.*` (here); `objective.*` by each objective (lm/objectives/<name>.py),
-which checks it when the run builds the objective. configs/base.py assembles the defaults.
+`checkpoint.*` (lm/checkpoint.py), `lora.*` (lm/lora.py), `eval.*` (here); `objective.*` by each objective
+(lm/objectives/<name>.py), which checks it when the run builds the objective. configs/base.py assembles the defaults.
 """
 import dataclasses
 import json

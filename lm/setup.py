@@ -77,7 +77,8 @@ class Setup:
     if base or not self.lora.rank:
       return self._abstract["base"]
     if "run" not in self._abstract:
-      self._abstract["run"] = {lora_lib.FROZEN: self._abstract["base"], "lora": jax.eval_shape(self._init_adapters, key)}
+      self._abstract["run"] = {lora_lib.FROZEN: self._abstract["base"],
+                               "lora": jax.eval_shape(self._init_adapters, key)}
     return self._abstract["run"]
 
   def param_shardings(self, base=False):

@@ -115,7 +115,8 @@ def spm_model(tmp_path_factory):
 @given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=200))
 def test_sentencepiece_equals_the_library(spm_model, text):
   import sentencepiece
-  ours, lib = tokenizer_lib.get(f"sentencepiece:{spm_model}"), sentencepiece.SentencePieceProcessor(model_file=spm_model)
+  ours = tokenizer_lib.get(f"sentencepiece:{spm_model}")
+  lib = sentencepiece.SentencePieceProcessor(model_file=spm_model)
   ids = ours.encode(text)
   assert ids.tolist() == lib.encode(text)
   assert ours.decode(ids) == lib.decode(ids.tolist())

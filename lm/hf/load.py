@@ -81,7 +81,7 @@ def weight_files(path: str) -> dict:
     return {name: os.path.join(path, f) for name, f in weight_map.items()}
   files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
   if not files:
-    other = [os.path.basename(p) for p in glob.glob(os.path.join(path, "*.bin")) + glob.glob(os.path.join(path, "*.pt"))]
+    other = [os.path.basename(p) for ext in ("*.bin", "*.pt") for p in glob.glob(os.path.join(path, ext))]
     raise UserError(f"{path} holds no *.safetensors weights" + (
         f" ({', '.join(other)} are PyTorch pickles, which are not read: save the model with "
         "save_pretrained(safe_serialization=True))" if other else ""))

@@ -137,8 +137,8 @@ class Rollout:
     temperature = float(o.temperature)
     r = sample(self.model, params, prompts, key, n_new, self.tokenizer, temperature, o.top_k, o.top_p,
                prompt_len=self.prompt_len)
-    ref_logp, values = jax.device_get(_score_rows(self.model, params, self.reference_params(params), r["tokens"], r["positions"],
-                                                  r["segment_ids"], n=n_new, temperature=temperature,
+    ref_logp, values = jax.device_get(_score_rows(self.model, params, self.reference_params(params), r["tokens"],
+                                                  r["positions"], r["segment_ids"], n=n_new, temperature=temperature,
                                                   value=o.value if self.algorithm.critic else ""))
     mask = r["mask"].astype(np.float32)
 
