@@ -148,3 +148,29 @@ def test_bad_targets_are_one_line():
   with pytest.raises(UserError) as e:
     Setup(tiny_config(**{"lora.rank": 4, "lora.targets": "gate"}))  # a gelu MLP has no gate
   assert "no gate" in str(e.value)
+
+
+def test_policy_gradient_rollout_scores_the_reference_with_the_base():
+  """With adapters that move the policy, the rollout's reference log-probs are the base model's (teacher-forced),
+  computed from the very base buffers the adapters sit on."""
+  from lm.objectives import policy_gradient as pg
+  from lm.rl import common
+  from tests.rl.pg_helpers import pg_config
+  c = pg_config()
+  c.lora.update(rank=4, targets="attention")
+  setup = Setup(c)
+  with setup.use():
+    obj = pg.build(setup)
+    params = train.initial_params(setup, obj)
+    assert obj.batches.reference is None  # no copy kept
+    moved = jax.tree.map(lambda x: x + 0.5 * jax.random.normal(jax.random.PRNGKey(2), x.shape), params["lora"])
+    params = {**params, "lora": moved}
+    rows = obj.batches(0, params).rows
+    n = c.objective.max_new_tokens
+    base = common.token_logprobs(setup.base_model, params["base"], rows.tokens, rows.positions, rows.segment_ids,
+                                 n=n, temperature=float(c.objective.temperature))
+    policy = common.token_logprobs(setup.model, params, rows.tokens, rows.positions, rows.segment_ids, n=n,
+                                   temperature=float(c.objective.temperature))
+  mask = rows.mask > 0
+  np.testing.assert_allclose(rows.ref_logprobs[mask], np.asarray(base)[mask], atol=1e-5)
+  assert np.abs(np.asarray(policy)[mask] - rows.ref_logprobs[mask]).max() > 1e-2
