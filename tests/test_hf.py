@@ -27,7 +27,8 @@ COMMON = dict(vocab_size=VOCAB, initializer_range=0.2)  # larger weights than 0.
 LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              max_position_embeddings=64, **COMMON)
 FAMILIES = {
-    "gpt2": lambda: transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **COMMON),
+    "gpt2": lambda: transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1,
+                                            eos_token_id=2, **COMMON),
     # rope_scaling llama3 with a short original context, so the 4 frequencies of head_dim 8 fall in every band
     "llama3": lambda: transformers.LlamaConfig(**LLAMA, rope_theta=500000.0, tie_word_embeddings=False,
                                                 rope_scaling={"rope_type": "llama3", "factor": 8.0,
