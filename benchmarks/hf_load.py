@@ -7,9 +7,10 @@ Each load then runs in a fresh process that never imports torch: Setup(config).i
   rss_peak:   the process's peak resident memory (ru_maxrss) minus its resident memory before loading: on the
               CPU backend the loaded params themselves live in host memory, and so do the memory-mapped file
               pages safetensors reads;
-  staging:    tracemalloc's peak of Python/NumPy allocations while loading: the host copies the loader makes on
-              the way to the devices (about one tensor and its converted layout at a time, not the model).
-For reference, the same directory loaded by transformers (from_pretrained, float32) in the subprocess that made it.
+  staging:    tracemalloc's peak of Python/NumPy allocations during a second load: the host copies the loader
+              makes on the way to the devices (about one tensor and its converted layout at a time, not the model).
+For reference, transformers loading the same directory (from_pretrained, float32; the second load of a process, so
+its lazy imports are not counted).
 """
 import argparse
 import json
@@ -28,13 +29,17 @@ SIZES = {
 }
 
 MAKE = """
-import json, sys, time, torch, transformers
+import json, sys, torch, transformers
 kind, kw, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 torch.manual_seed(0)
 cfg = (transformers.GPT2Config if kind == "gpt2" else transformers.LlamaConfig)(**kw)
 transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(out, max_shard_size="200MB")
+"""
+REFERENCE = """
+import json, sys, time, torch, transformers
+transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)  # imports the model's modules
 t0 = time.perf_counter()
-transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
 print(json.dumps({"transformers_s": time.perf_counter() - t0}))
 """
 
@@ -53,17 +58,22 @@ def measure(directory: str) -> dict:
   c.checkpoint.init_from = directory
   setup = Setup(c)
   c = setup.config
+
+  def load():
+    with setup.use():
+      return jax.block_until_ready(setup.init_from(directory, jax.random.PRNGKey(0)))
+
   rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  tracemalloc.start()
   t0 = time.perf_counter()
-  with setup.use():
-    params = setup.init_from(directory, jax.random.PRNGKey(0))
-    jax.block_until_ready(params)
+  params = load()
   seconds = time.perf_counter() - t0
-  staging = tracemalloc.get_traced_memory()[1]
-  tracemalloc.stop()
   rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   n = sum(x.size for x in jax.tree.leaves(params))
+  del params
+  tracemalloc.start()  # a second load, traced (tracing slows Python several-fold, so it is not the timed one)
+  load()
+  staging = tracemalloc.get_traced_memory()[1]
+  tracemalloc.stop()
   files = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory) if f.endswith(".safetensors"))
   return {"params": int(n), "params_mb": n * 4 / 2**20, "files_mb": files / 2**20, "load_s": seconds,
           "rss_peak_mb": (rss1 - rss0) / 1024, "staging_mb": staging / 2**20}
@@ -83,18 +93,17 @@ def main():
   for name in args.sizes.split(","):
     kind, kw = SIZES[name]
     d = os.path.join(args.out, name)
-    ref = {}
     if not os.path.exists(os.path.join(d, "config.json")):
-      r = subprocess.run([sys.executable, "-c", MAKE, kind, json.dumps(kw), d], env=env, capture_output=True, text=True,
-                         check=True)
-      ref = json.loads(r.stdout.strip().splitlines()[-1])
+      subprocess.run([sys.executable, "-c", MAKE, kind, json.dumps(kw), d], env=env, capture_output=True, check=True)
+    r = subprocess.run([sys.executable, "-c", REFERENCE, d], env=env, capture_output=True, text=True, check=True)
+    ref = json.loads(r.stdout.strip().splitlines()[-1])
     r = subprocess.run([sys.executable, __file__, f"--measure={d}"], env=env, capture_output=True, text=True,
                        check=True)
     rows.append({"model": name, **json.loads(r.stdout.strip().splitlines()[-1]), **ref})
   print("| model | params | safetensors | load (ours) | load (transformers) | peak RSS growth | host staging peak |")
   print("|---|---|---|---|---|---|---|")
   for r in rows:
-    ref = f"{r['transformers_s']:.2f} s" if "transformers_s" in r else "-"
+    ref = f"{r['transformers_s']:.2f} s"
     print(f"| {r['model']} | {r['params']:,} | {r['files_mb']:.1f} MiB | {r['load_s']:.2f} s | {ref} | "
           f"{r['rss_peak_mb']:.1f} MiB | {r['staging_mb']:.1f} MiB |")
 
