@@ -124,7 +124,7 @@ def test_greedy_generation_matches_transformers(family, hf_models, ours):
   np.testing.assert_array_equal(np.asarray(out["tokens"]), theirs.numpy()[:, 8:])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["llama3", "qwen2"])  # greedy generation above decodes every family with it
 def test_kv_cache_decoding_equals_full_forward(family, ours):
   setup, params = ours[family]
   apply = jax.jit(setup.model.apply)
