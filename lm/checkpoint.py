@@ -247,7 +247,7 @@ def checkpoint_dir(path: str) -> str:
     return sub
   if os.path.isdir(path):
     return path
-  raise UserError(f"checkpoint: no such run or checkpoint directory {path!r}")
+  raise UserError(f"checkpoint: no such run, checkpoint or Hugging Face model directory {path!r}")
 
 
 def _globs(spec: str) -> list:
@@ -273,7 +273,8 @@ def load_params(path: str, abstract_params, fresh: str = "", drop: str = "", ste
         raise UserError(f"checkpoint: {path!r} has no step {step}; it has {steps}")
       steps = [step]
     if not steps:
-      raise UserError(f"checkpoint: {path!r} holds no checkpoints")
+      raise UserError(f"checkpoint: {path!r} holds no checkpoints; give a run directory, a checkpoint directory or "
+                      "a Hugging Face model directory (config.json with a model_type, *.safetensors)")
     wanted = {k[len("params/"):]: v for k, v in shapes({"params": abstract_params}).items()}
     fresh_globs, drop_globs = _globs(fresh), _globs(drop)
     matches = lambda key, globs: any(fnmatch.fnmatchcase(key, g) for g in globs)

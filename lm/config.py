@@ -2,8 +2,8 @@
 
 Each group is declared once, with its defaults, allowed values and ranges, beside the code that reads it:
 `model.*` (lm/model.py), `train.*` (lm/optim.py), `data.*` (lm/data/sources.py), `mesh.*` (lm/sharding.py),
-`checkpoint.*` (lm/checkpoint.py), `eval.*` (here); `objective.*` by each objective (lm/objectives/<name>.py),
-which checks it when the run builds the objective. configs/base.py assembles the defaults.
+`checkpoint.*` (lm/checkpoint.py), `lora.*` (lm/lora.py), `eval.*` (here); `objective.*` by each objective
+(lm/objectives/<name>.py), which checks it when the run builds the objective. configs/base.py assembles the defaults.
 """
 import dataclasses
 import json
@@ -23,11 +23,14 @@ class EvalConfig(options.Group):
 
 
 def groups() -> dict:
-  from lm import checkpoint, model, optim, sharding
+  from lm import checkpoint, lora, model, optim, sharding
   from lm.data import sources
   return {"model": model.ModelConfig, "data": sources.DataConfig, "train": optim.TrainConfig, "eval": EvalConfig,
-          "mesh": sharding.MeshConfig, "checkpoint": checkpoint.CheckpointConfig}
+          "mesh": sharding.MeshConfig, "checkpoint": checkpoint.CheckpointConfig, "lora": lora.LoraConfig}
 
+
+# Groups a config may leave out (runs made before they existed): their defaults apply.
+OPTIONAL = ("lora",)
 
 # Keys that cannot change a run's results: a workdir resumed with other values of these is the same run.
 COSMETIC = ("train.progress", "train.log_every", "eval.every", "eval.batch_size", "eval.max_batches",
@@ -92,6 +95,8 @@ def validate(config):
   problems = []
   parsed = {}
   for name, group in groups().items():
+    if name not in config and name in OPTIONAL:
+      continue
     if name not in config:
       problems.append(f"the config has no {name}.* group; start it from configs/base.py")
       continue

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm import lora
 from lm import model as model_lib
 from lm import objectives
 from lm import optim
@@ -41,10 +42,11 @@ def plan(config) -> dict:
     params = setup.abstract_params(sharded=True)
     if objective.init_params is not None:  # extra heads: replicated unless they say otherwise
       params = _placed(jax.eval_shape(objective.init_params, jax.random.PRNGKey(0), params), mesh)
-    p_shard = jax.tree.map(lambda x: x.sharding, params)
-    opt_shard = sharding.opt_state_shardings(optimizer, params, p_shard, mesh)
+    trainable = lora.split(params)[0]
+    p_shard = jax.tree.map(lambda x: x.sharding, trainable)
+    opt_shard = sharding.opt_state_shardings(optimizer, trainable, p_shard, mesh)
     opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                       jax.eval_shape(optimizer.init, params), opt_shard)
+                       jax.eval_shape(optimizer.init, trainable), opt_shard)
     rep = sharding.replicated(mesh)
     state = step_lib.TrainState(params=params, opt_state=opt, step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
                                 rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep))
@@ -63,6 +65,7 @@ def plan(config) -> dict:
   b, s = t.batch_size, config.data.seq_len
   return {
       "mesh": dict(mesh.shape), "devices": mesh.size, "params": n_params,
+      "trainable_params": model_lib.count_params(trainable),
       "flops_per_token": model_lib.flops_per_token(cfg, s), "tokens_per_step": b * s,
       "params_bytes_per_device": _per_device_bytes(params),
       "opt_state_bytes_per_device": _per_device_bytes(opt),
@@ -87,7 +90,8 @@ def run(config):
       - p["alias_bytes_per_device"]
   rows = [
       ("mesh", " x ".join(f"{k}={v}" for k, v in p["mesh"].items()) + f"  ({p['devices']} devices)"),
-      ("parameters", f"{p['params']:,}"),
+      ("parameters", f"{p['params']:,}" + (f"  ({p['trainable_params']:,} trainable: LoRA adapters and heads)"
+                                            if p["trainable_params"] != p["params"] else "")),
       ("training FLOPs / token", f"{p['flops_per_token']:.3e}"),
       ("tokens / step", f"{p['tokens_per_step']:,} (batch {config.train.batch_size} x seq {config.data.seq_len})"),
       ("FLOPs / step", f"{p['flops_per_token'] * p['tokens_per_step']:.3e}"),

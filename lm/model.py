@@ -13,6 +13,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lm import options
 from lm.options import option
@@ -39,7 +40,15 @@ class ModelConfig(options.Group):
   mlp: str = option("gelu", choices=("gelu", "swiglu", "relu2"), doc="relu2: relu(x)^2 (modded-nanogpt)")
   position: str = option("learned", choices=("learned", "rope"))
   rope_theta: float = option(10000.0, above=0)
-  use_bias: bool = option(False)
+  # Context extension of a RoPE model, as in its Hugging Face config: linear divides every frequency by
+  # rope_factor; llama3 (Llama 3.1) divides only the low frequencies, blending the band in between.
+  rope_scaling: str = option("none", choices=("none", "linear", "llama3"))
+  rope_factor: float = option(1.0, above=0)
+  rope_low_freq_factor: float = option(1.0, above=0, doc="llama3 scaling")
+  rope_high_freq_factor: float = option(4.0, above=0, doc="llama3 scaling")
+  rope_original_max_len: int = option(8192, min=1, doc="llama3 scaling: the context before extension")
+  use_bias: bool = option(False, doc="biases in every projection and LayerNorm (GPT-2)")
+  qkv_bias: bool = option(False, doc="biases in the q, k, v projections only (Qwen2); implied by use_bias")
   tie_embeddings: bool = option(True)
   qk_norm: bool = option(False, doc="RMS-normalise queries and keys per head (no params): |logit| <= sqrt(head_dim)")
   zero_init_out: bool = option(False, doc="attention and MLP output projections start at 0: each block is the "
@@ -62,6 +71,9 @@ class ModelConfig(options.Group):
       problems.append(f"model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={kv}")
     if self.position == "rope" and (self.d_model // self.n_heads) % 2:
       problems.append(f"rope needs an even head dim, got d_model/n_heads = {self.d_model // self.n_heads}")
+    if self.rope_scaling == "llama3" and not self.rope_low_freq_factor < self.rope_high_freq_factor:
+      problems.append(f"model.rope_low_freq_factor={self.rope_low_freq_factor} must be below "
+                      f"model.rope_high_freq_factor={self.rope_high_freq_factor}")
     return problems
 
   @classmethod
@@ -98,11 +110,27 @@ def _norm(cfg: ModelConfig, name: str):
                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), name=name)
 
 
-def rope(x, positions, theta):
-  """Rotary embedding (rotate-half form) of x [B, T, H, D] at integer positions [B, T]."""
-  d = x.shape[-1]
-  freqs = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
-  angles = positions[..., None].astype(jnp.float32) * freqs  # [B, T, D/2]
+def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
+  """[head_dim / 2] float32 rotation frequencies, with the config's context-extension scaling (the formulas of
+  Hugging Face's `_compute_llama3_parameters`, so converted checkpoints match)."""
+  d = cfg.head_dim
+  freqs = 1.0 / cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+  if cfg.rope_scaling == "linear":
+    freqs = freqs / cfg.rope_factor
+  elif cfg.rope_scaling == "llama3":
+    wavelen = 2 * np.pi / freqs
+    old, lo, hi = cfg.rope_original_max_len, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    scaled = np.where(wavelen > old / lo, freqs / cfg.rope_factor, freqs)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+    freqs = np.where(medium, (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled, scaled)
+  return freqs.astype(np.float32)
+
+
+def rope(x, positions, freqs):
+  """Rotary embedding (rotate-half form, as Llama in Hugging Face) of x [B, T, H, D] at integer positions [B, T],
+  rotating the pairs (i, i + D/2) at `freqs` [D/2]."""
+  angles = positions[..., None].astype(jnp.float32) * jnp.asarray(freqs)  # [B, T, D/2]
   sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
@@ -121,12 +149,12 @@ def attention_mask(q_pos, q_seg, kv_pos, kv_seg, window: int):
 class Attention(nn.Module):
   cfg: ModelConfig
 
-  def _param(self, name, shape, axes, std, bias_axes):
+  def _param(self, name, shape, axes, std, bias_axes, use_bias):
     """Kernel (and bias) in compute dtype; kernels keep their (heads, head_dim) shape and logical names."""
     cfg = self.cfg
     kernel = self.param(name, _init(std, axes), shape, DTYPES[cfg.param_dtype]).astype(DTYPES[cfg.dtype])
     bias = None
-    if cfg.use_bias:
+    if use_bias:
       bias_shape = shape[-len(bias_axes):]
       bias = self.param(name + "_bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes), bias_shape,
                         DTYPES[cfg.param_dtype]).astype(DTYPES[cfg.dtype])
@@ -138,21 +166,23 @@ class Attention(nn.Module):
     x = x.astype(DTYPES[cfg.dtype])
     std, (b, t, d), hd = 0.02, x.shape, cfg.head_dim
     heads = {"q": (cfg.n_heads, "heads"), "k": (cfg.n_kv_heads, "kv_heads"), "v": (cfg.n_kv_heads, "kv_heads")}
-    params = {n: self._param(n, (d, h, hd), ("embed", axis, "head_dim"), std, (axis, "head_dim"))
+    qkv_bias = cfg.use_bias or cfg.qkv_bias
+    params = {n: self._param(n, (d, h, hd), ("embed", axis, "head_dim"), std, (axis, "head_dim"), qkv_bias)
               for n, (h, axis) in heads.items()}
     # One [b*t, d] x [d, (h_q + 2 h_kv) * hd] matmul. With 2-D operands the weight gradient contracts one axis;
     # contracting (b, t) made XLA:CPU transpose the whole activation gradient first (measured: ~15% of a
     # step). One large dot also beats three small ones on CPU.
     w = jnp.concatenate([params[n][0].reshape(d, -1) for n in heads], axis=1)
     qkv = x.reshape(b * t, d) @ w
-    if cfg.use_bias:
+    if qkv_bias:
       qkv = qkv + jnp.concatenate([params[n][1].reshape(-1) for n in heads])
     q, k, v = (y.reshape(b, t, heads[n][0], hd) for n, y in
                zip(heads, jnp.split(qkv, [cfg.n_heads * hd, (cfg.n_heads + cfg.n_kv_heads) * hd], axis=1)))
     if cfg.qk_norm:
       q, k = _rms(q, cfg.norm_eps), _rms(k, cfg.norm_eps)
     if cfg.position == "rope":
-      q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+      freqs = rope_frequencies(cfg)
+      q, k = rope(q, positions, freqs), rope(k, positions, freqs)
     q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
     k = nn.with_logical_constraint(k, ("batch", "length", "act_kv_heads", "head_dim"))
 
@@ -173,7 +203,8 @@ class Attention(nn.Module):
       mask = attention_mask(positions, segment_ids, kv_pos, kv_seg, cfg.sliding_window)
       out = jax.nn.dot_product_attention(q, k, v, mask=mask)
     out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "head_dim"))
-    wo, bo = self._param("o", (cfg.n_heads, hd, d), ("heads", "head_dim", "embed"), _out_std(cfg), ("embed",))
+    wo, bo = self._param("o", (cfg.n_heads, hd, d), ("heads", "head_dim", "embed"), _out_std(cfg), ("embed",),
+                         cfg.use_bias)
     out = out.reshape(b * t, cfg.n_heads * hd) @ wo.reshape(-1, d)
     if bo is not None:
       out = out + bo

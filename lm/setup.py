@@ -1,15 +1,25 @@
 """What every entry point (train, sample, evaluate, dry run, compress, benchmarks) builds from a config:
 the checked config, tokenizer, model, mesh and logical-axis rules, and the model's params (abstract, fresh or
-loaded from a checkpoint) in their sharded layout."""
+loaded from a checkpoint) in their sharded layout.
+
+With `checkpoint.init_from` a Hugging Face directory, its config.json sets the architecture (`model.*`, see
+lm/hf/load.py) before anything else reads the config. With `lora.rank` > 0 the params are {"base", "lora"}
+(lm/lora.py) and `model` is the Transformer that merges the adapters before applying.
+"""
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from lm import checkpoint as ckpt_lib
 from lm import config as config_lib
+from lm import lora as lora_lib
 from lm import model as model_lib
 from lm import sharding
 from lm import tokenizer as tokenizer_lib
+from lm.errors import UserError
+from lm.hf import load as hf_load
 
 
 def strip_boxes(tree):
@@ -21,43 +31,112 @@ def strip_boxes(tree):
 class Setup:
 
   def __init__(self, config):
+    if config.checkpoint.init_from and hf_load.is_hf_dir(config.checkpoint.init_from):
+      config = hf_load.resolve_config(config)
     config_lib.validate(config)
     self.config = config
-    self.tokenizer = tokenizer_lib.get(config.tokenizer)
-    self.model = model_lib.build(config.model)
+    self.base_model = model_lib.build(config.model)
+    self.lora = lora_lib.LoraConfig.parse(config.get("lora"), "lora", config)
+    self.model = lora_lib.wrap(self.base_model, self.lora)
+    self.tokenizer = tokenizer_lib.get(config.tokenizer, config.data)
+    tokenizer_lib.check_fits(self.tokenizer, config.tokenizer, self.base_model.cfg.vocab_size)
     self.mesh = sharding.make_mesh(config.mesh)
     self.rules = sharding.rules(config.mesh)
+    self._abstract = {}
 
   def use(self):
     """Context to trace and run under: this mesh and the rules the model's constraints read."""
     return sharding.use(self.mesh, self.rules)
 
-  def _init(self, rng):
-    return self.model.init(rng, jnp.zeros((1, min(8, self.config.model.max_len)), jnp.int32))["params"]
+  def _init_base(self, rng):
+    return self.base_model.init(rng, jnp.zeros((1, min(8, self.config.model.max_len)), jnp.int32))["params"]
 
-  def abstract_params(self, boxed=False, sharded=False):
-    """ShapeDtypeStructs of the params (with their shardings if `sharded`; boxed keeps logical names)."""
-    abstract = jax.eval_shape(self._init, jax.random.PRNGKey(0))
+  def _init_adapters(self, rng):
+    return lora_lib.init(rng, self.abstract_params(boxed=True, base=True), self.lora, self.base_model.cfg.mlp)
+
+  def _init(self, rng):
+    base = self._init_base(rng)
+    if not self.lora.rank:
+      return base
+    return {lora_lib.FROZEN: base, "lora": self._init_adapters(jax.random.fold_in(rng, 1))}
+
+  def abstract_params(self, boxed=False, sharded=False, base=False):
+    """ShapeDtypeStructs of the params (with their shardings if `sharded`; boxed keeps logical names); `base`:
+    the model's alone, without LoRA adapters."""
+    abstract = self._boxed_abstract(base)
     if boxed:
       return abstract
     abstract = strip_boxes(abstract)
-    return ckpt_lib.abstract(abstract, self.param_shardings()) if sharded else abstract
+    return ckpt_lib.abstract(abstract, self.param_shardings(base)) if sharded else abstract
 
-  def param_shardings(self):
-    return sharding.param_shardings(self.abstract_params(boxed=True), self.mesh, self.rules)
+  def _boxed_abstract(self, base: bool):
+    """Traced once per Setup (the model's init takes ~1.4 s to trace at 8 layers, measured)."""
+    key = jax.random.PRNGKey(0)
+    if "base" not in self._abstract:
+      self._abstract["base"] = jax.eval_shape(self._init_base, key)
+    if base or not self.lora.rank:
+      return self._abstract["base"]
+    if "run" not in self._abstract:
+      self._abstract["run"] = {lora_lib.FROZEN: self._abstract["base"],
+                               "lora": jax.eval_shape(self._init_adapters, key)}
+    return self._abstract["run"]
+
+  def param_shardings(self, base=False):
+    return sharding.param_shardings(self.abstract_params(boxed=True, base=base), self.mesh, self.rules)
 
   def init_params(self, rng):
     return jax.jit(lambda r: nn.unbox(self._init(r)), out_shardings=self.param_shardings())(rng)
 
   def load_params(self, path, rng=None, fresh: str = "", drop: str = "", step=None, drop_heads: bool = False):
-    """Params from the newest readable checkpoint under `path` (a run or checkpoint directory), in this model's
-    layout. `fresh` globs name params initialised fresh (from `rng`) instead, `drop` globs checkpoint params
-    this model may leave unused (checkpoint.init_fresh / init_drop); anything else that differs is an error."""
+    """Params from the newest readable checkpoint under `path` (a run or checkpoint directory) in this run's layout
+    (a LoRA run's own checkpoints hold base and adapters). `fresh` globs name params initialised fresh (from
+    `rng`) instead, `drop` globs checkpoint params this model may leave unused (checkpoint.init_fresh /
+    init_drop); anything else that differs is an error."""
     loaded, fresh = ckpt_lib.load_params(path, self.abstract_params(sharded=True), fresh=fresh, drop=drop, step=step,
                                          drop_heads=drop_heads)
+    return self._with_fresh(loaded, fresh, rng, self.init_params)
+
+  def init_from(self, path, rng, fresh: str = "", drop: str = ""):
+    """A run's starting params from another model: a Hugging Face directory, a run or checkpoint directory, or a
+    LoRA run (its adapters merged into its base); with lora.rank > 0, under fresh adapters."""
+    base_init = lambda r: jax.jit(lambda k: nn.unbox(self._init_base(k)),
+                                  out_shardings=self.param_shardings(base=True))(r)
+    abstract = self.abstract_params(sharded=True, base=True)
+    if hf_load.is_hf_dir(path):
+      loaded, fresh_keys = hf_load.load_params(path, self.base_model.cfg, abstract, fresh=fresh, drop=drop)
+    elif _lora_run(path):
+      loaded, fresh_keys = self._merged_lora_run(path, abstract), []
+    else:
+      loaded, fresh_keys = ckpt_lib.load_params(path, abstract, fresh=fresh, drop=drop)
+    base = self._with_fresh(loaded, fresh_keys, rng, base_init)
+    if not self.lora.rank:
+      return base
+    adapters = jax.jit(lambda r: nn.unbox(self._init_adapters(r)),
+                       out_shardings=self.param_shardings()["lora"])(jax.random.fold_in(rng, 1))
+    return {lora_lib.FROZEN: base, "lora": adapters}
+
+  def _merged_lora_run(self, path, abstract):
+    from lm import runs
+    source, params = runs.load(path)
+    merged = jax.jit(lambda p: lora_lib.model_params(p, source.lora.scale))(params)
+    diffs = ckpt_lib.differences(ckpt_lib.shapes(merged), ckpt_lib.shapes(abstract))
+    if diffs:
+      raise UserError(f"LoRA run {path} does not fit this model ({'; '.join(diffs[:4])}); set --config.model.* to "
+                      "its model")
+    return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), merged, abstract)
+
+  @staticmethod
+  def _with_fresh(loaded, fresh: list, rng, init):
     if not fresh:
       return loaded
-    new = self.init_params(jax.random.PRNGKey(0) if rng is None else rng)
+    new = init(jax.random.PRNGKey(0) if rng is None else rng)
     flat_loaded = {ckpt_lib.path_of(p): x for p, x in jax.tree_util.tree_leaves_with_path(loaded)}
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: flat_loaded.get(ckpt_lib.path_of(p), x), new)
+    return jax.tree_util.tree_map_with_path(lambda p, x: flat_loaded.get(ckpt_lib.path_of(p), x), new)
+
+
+def _lora_run(path: str) -> bool:
+  """A run directory whose config trained LoRA adapters."""
+  from lm import runs
+  if not os.path.exists(os.path.join(path, "config.json")):
+    return False
+  return bool(runs.load_config(path).get("lora", {}).get("rank", 0))

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from lm import cpu
+from lm import lora
 from lm import sharding
 
 
@@ -29,10 +30,12 @@ class TrainState:
 
 
 def init_state(setup, optimizer, params, seed: int) -> TrainState:
-  """Fresh, sharded train state around `params` (already placed): moments sharded like them, step 0."""
-  p_shard = jax.tree.map(lambda x: x.sharding, params)
-  opt_shard = sharding.opt_state_shardings(optimizer, params, p_shard, setup.mesh)
-  opt_state = jax.jit(optimizer.init, out_shardings=opt_shard)(params)
+  """Fresh, sharded train state around `params` (already placed): moments for the trainable params (all but a
+  LoRA base, lm/lora.py), sharded like them, step 0."""
+  trainable = lora.split(params)[0]
+  p_shard = jax.tree.map(lambda x: x.sharding, trainable)
+  opt_shard = sharding.opt_state_shardings(optimizer, trainable, p_shard, setup.mesh)
+  opt_state = jax.jit(optimizer.init, out_shardings=opt_shard)(trainable)
   rep = sharding.replicated(setup.mesh)
   return TrainState(params=params, opt_state=opt_state, step=jax.device_put(jnp.zeros((), jnp.int32), rep),
                     rng=jax.device_put(jax.random.fold_in(jax.random.PRNGKey(seed), 3), rep))
@@ -46,32 +49,35 @@ def make_train_step(loss_fn, optimizer, schedule, grad_accum: int = 1, skip_nonf
   With updates_per_step > 1, the batch's rows are split into that many consecutive slices and each slice is one
   optimizer update (PPO's epochs x minibatches over one rollout); the loop's step, and so resume, counts batches.
   """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  # Gradients and updates cover the trainable params only; a LoRA base (lm/lora.py) passes through untouched.
+  grad_fn = jax.value_and_grad(lambda trainable, frozen, b, r: loss_fn(lora.join(trainable, frozen), b, r),
+                               has_aux=True)
 
   def step(state: TrainState, batch):
-    params = state.params
+    params, frozen = lora.split(state.params)
     rng = jax.random.fold_in(state.rng, state.step)
     if grad_accum == 1:
-      (loss, metrics), grads = grad_fn(params, batch, rng)
+      (loss, metrics), grads = grad_fn(params, frozen, batch, rng)
     else:
       micro = slices(batch, grad_accum)
 
       def body(acc, xs):
         i, mb = xs
-        (l, m), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
+        (l, m), g = grad_fn(params, frozen, mb, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, acc, (l, m, g)), None
 
-      zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng))
+      zero = jax.tree.map(jnp.zeros_like,
+                          jax.eval_shape(grad_fn, params, frozen, jax.tree.map(lambda x: x[0], micro), rng))
       zero = (zero[0][0], zero[0][1], zero[1])
       (loss, metrics, grads), _ = jax.lax.scan(body, zero, (jnp.arange(grad_accum), micro))
       loss, metrics, grads = jax.tree.map(lambda x: x / grad_accum, (loss, metrics, grads))
     grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
-    new = state.replace(params=optax.apply_updates(params, updates), opt_state=opt_state, step=state.step + 1)
+    new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if skip_nonfinite:  # keep the old params and moments; the step counter still advances past the bad batch
-      new = new.replace(params=_where(finite, new.params, params), opt_state=_where(finite, new.opt_state,
-                                                                                    state.opt_state))
+      new_params, opt_state = _where(finite, new_params, params), _where(finite, opt_state, state.opt_state)
+    new = state.replace(params=lora.join(new_params, frozen), opt_state=opt_state, step=state.step + 1)
     metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "update_norm": optax.global_norm(updates),
                "lr": schedule(state.step),
                "finite": finite.astype(jnp.float32)}

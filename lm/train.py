@@ -37,7 +37,7 @@ def initial_params(setup, objective):
   key = jax.random.PRNGKey(config.seed)
   if config.checkpoint.init_from:
     ck = config.checkpoint
-    params = setup.load_params(ck.init_from, jax.random.fold_in(key, 1), fresh=ck.init_fresh, drop=ck.init_drop)
+    params = setup.init_from(ck.init_from, jax.random.fold_in(key, 1), fresh=ck.init_fresh, drop=ck.init_drop)
   else:
     params = setup.init_params(jax.random.fold_in(key, 1))
   if objective.on_start is not None:
@@ -52,6 +52,7 @@ def run(config, workdir: str, allow_config_change: bool = False, hooks=()) -> di
 
   `hooks` (lm.hooks.Hook) run after the default ones (evaluation, the final sample)."""
   setup = Setup(config)
+  config = setup.config  # with a Hugging Face init_from, its architecture is in model.* (config.json records it)
   run_dir = workdir_lib.Workdir(workdir, config, allow_config_change)
   t = config.train
   interrupts = workdir_lib.Interrupts()

@@ -43,7 +43,7 @@ def manual_dir(data_cfg) -> str:
   return data_cfg.get("manual_dir") or os.environ.get("LM_MANUAL_DIR", "")
 
 
-def _sync(tag: str):
+def sync(tag: str):
   import jax
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
@@ -55,7 +55,7 @@ def prepared(builder, prepare_fn):
   import jax
   if jax.process_index() == 0 and not _is_prepared(builder):
     prepare_fn()
-  _sync(f"tfds prepare {builder.name}")
+  sync(f"tfds prepare {builder.name}")
 
 
 def _is_prepared(builder) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lm import chat
+from lm import lora
 from lm import objective as objective_lib
 from lm import sampling
 from lm import sharding
@@ -81,8 +82,14 @@ class Rollout:
     self.prompt_len = max(len(chat.prompt_ids(tokenizer, ex.prompt)) for ex in probe)
 
   def set_reference(self, params):
-    """Keep a frozen copy of the starting params in buffers of its own (the train step donates the policy's)."""
+    """Keep a frozen copy of the starting params in buffers of its own (the train step donates the policy's).
+    With LoRA adapters the reference is the base they sit on (`reference_params`), never a second copy."""
+    if lora.has_adapters(params):
+      return
     self.reference = jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), params)
+
+  def reference_params(self, params):
+    return lora.without_adapters(params) if self.reference is None else self.reference
 
   def state_dict(self) -> dict:
     return {"kl_coef": self.controller.coef, "kl_coef_step": self.kl_step}
@@ -130,8 +137,8 @@ class Rollout:
     temperature = float(o.temperature)
     r = sample(self.model, params, prompts, key, n_new, self.tokenizer, temperature, o.top_k, o.top_p,
                prompt_len=self.prompt_len)
-    ref_logp, values = jax.device_get(_score_rows(self.model, params, self.reference, r["tokens"], r["positions"],
-                                                  r["segment_ids"], n=n_new, temperature=temperature,
+    ref_logp, values = jax.device_get(_score_rows(self.model, params, self.reference_params(params), r["tokens"],
+                                                  r["positions"], r["segment_ids"], n=n_new, temperature=temperature,
                                                   value=o.value if self.algorithm.critic else ""))
     mask = r["mask"].astype(np.float32)
 

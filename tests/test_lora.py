@@ -1,0 +1,164 @@
+"""LoRA adapters (lm/lora.py): zero adapters are the base exactly, training moves only the adapters (and keeps
+optimizer moments only for them), the merged export computes the adapted model, and the frozen reference of
+policy gradient is the base itself."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm import checkpoint as ckpt_lib
+from lm import dry_run
+from lm import lora
+from lm import runs
+from lm import train
+from lm.errors import UserError
+from lm.setup import Setup
+from tests.conftest import tiny_config
+
+LLAMA = {"model.norm": "rmsnorm", "model.mlp": "swiglu", "model.position": "rope", "model.n_kv_heads": 2,
+         "model.tie_embeddings": False, "lora.rank": 4, "lora.targets": "all"}
+TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 256, size=(2, 16)), jnp.int32)
+
+
+def logits(model, params):
+  return np.asarray(jax.jit(model.apply)({"params": params}, TOKENS)[0])
+
+
+def flat(tree) -> dict:
+  return {ckpt_lib.path_of(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_zero_adapters_are_the_base_exactly():
+  setup = Setup(tiny_config(**LLAMA))
+  with setup.use():
+    params = setup.init_params(jax.random.PRNGKey(0))
+  adapters = flat(params["lora"])
+  assert len(adapters) == 2 * 2 * 7  # 2 layers x (q, k, v, o, gate, up, down) x (A, B)
+  assert all(not x.any() for k, x in adapters.items() if k.endswith("/b"))
+  assert all(x.std() > 0 for k, x in adapters.items() if k.endswith("/a"))
+  adapted = logits(setup.model, params)
+  base = logits(setup.base_model, params["base"])
+  np.testing.assert_array_equal(np.asarray(adapted), np.asarray(base))
+
+
+def test_nonzero_adapters_merge_as_w_plus_scaled_ab():
+  setup = Setup(tiny_config(**{**LLAMA, "lora.alpha": 8.0, "lora.targets": "q,down"}))
+  with setup.use():
+    params = setup.init_params(jax.random.PRNGKey(0))
+  b = jax.tree.map(lambda x: jax.random.normal(jax.random.PRNGKey(1), x.shape), params["lora"])
+  params = {**params, "lora": jax.tree.map(lambda ab, r: {"a": ab["a"], "b": r["b"]}, params["lora"], b,
+                                           is_leaf=lambda x: isinstance(x, dict) and "a" in x)}
+  merged = flat(jax.jit(lambda p: lora.model_params(p, 2.0))(params))
+  base, ad = flat(params["base"]), params["lora"]["layer_1"]
+  q = base["layer_1/attn/q"] + 2.0 * np.einsum("dr,rhk->dhk", np.asarray(ad["q"]["a"]), np.asarray(ad["q"]["b"]))
+  np.testing.assert_allclose(merged["layer_1/attn/q"], q, rtol=1e-5, atol=1e-6)
+  down = base["layer_1/mlp/down/kernel"] + 2.0 * np.asarray(ad["down"]["a"]) @ np.asarray(ad["down"]["b"])
+  np.testing.assert_allclose(merged["layer_1/mlp/down/kernel"], down, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(merged["layer_1/attn/k"], base["layer_1/attn/k"])  # not a target
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, shakespeare):
+  """A 3-step LoRA pretraining run (Llama layout, adapters on every matrix)."""
+  d = str(tmp_path_factory.mktemp("lora") / "run")
+  config = tiny_config(**LLAMA, **{"train.steps": 3, "checkpoint.every": 3, "eval.every": 3, "train.lr": 1e-2,
+                                   "train.warmup_steps": 0})
+  train.run(config, d)
+  return d, config
+
+
+def test_training_changes_only_adapters(lora_run):
+  d, config = lora_run
+  setup, params = runs.load(d)
+  start = Setup(config)
+  with start.use():
+    initial = start.init_params(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+  for k, x in flat(params["base"]).items():
+    np.testing.assert_array_equal(x, flat(initial["base"])[k], err_msg=k)
+  moved = {k: np.abs(x - flat(initial["lora"])[k]).max() for k, x in flat(params["lora"]).items()}
+  assert all(v > 0 for v in moved.values()), moved
+
+
+def test_optimizer_state_covers_only_adapters(lora_run):
+  d, _ = lora_run
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(d), read_only=True, async_save=False)
+  saved = ckpt.saved_shapes(ckpt.steps()[-1])
+  ckpt.manager.close()
+  moments = {k: v for k, v in saved.items() if k.startswith("opt_state") and v[0]}
+  adapter_shapes = sorted(v[0] for k, v in saved.items() if k.startswith("params/lora/"))
+  assert moments and sorted(v[0] for v in moments.values()) == sorted(adapter_shapes * 2)  # AdamW's mu and nu
+
+
+def test_dry_run_shows_adapter_only_optimizer_memory():
+  plan = dry_run.plan(tiny_config(**LLAMA))
+  n = plan["trainable_params"]
+  # per layer: q, o: A + B = 32*4 + 4*32; k, v (2 kv heads): 32*4 + 4*16; gate, up, down: 32*4 + 4*128
+  assert n == 2 * (2 * (32 * 4 + 4 * 32) + 2 * (32 * 4 + 4 * 16) + 3 * (32 * 4 + 4 * 128))
+  base = Setup(tiny_config(**{**LLAMA, "lora.rank": 0})).abstract_params()
+  assert plan["params"] == sum(x.size for x in jax.tree.leaves(base)) + n
+  assert 0 <= plan["opt_state_bytes_per_device"] - 2 * 4 * n < 64  # AdamW's two float32 moments (+ counts)
+
+
+def test_merged_export_equals_the_adapted_model(lora_run, tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from lm.hf import export
+  d, _ = lora_run
+  export.main(["--checkpoint", d, str(tmp_path / "hf")])
+  setup, params = runs.load(d)
+  ours = logits(setup.model, params)
+  m = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)
+  assert type(m).__name__ == "LlamaForCausalLM"
+  with torch.no_grad():
+    theirs = m(torch.tensor(np.asarray(TOKENS), dtype=torch.long)).logits.numpy()
+  base = logits(setup.base_model, params["base"])
+  assert np.abs(ours - base).max() > 1e-3  # the adapters changed the model...
+  assert np.abs(ours - theirs).max() <= 1e-4  # ...and the export is the adapted model
+
+
+def test_init_from_a_lora_run_starts_from_its_merged_weights(lora_run):
+  d, config = lora_run
+  setup, params = runs.load(d)
+  merged = flat(lora.model_params(params, setup.lora.scale))
+  nxt = Setup(tiny_config(**LLAMA, **{"checkpoint.init_from": d}))
+  with nxt.use():
+    start = nxt.init_from(d, jax.random.PRNGKey(5))
+  for k, x in flat(start["base"]).items():
+    np.testing.assert_allclose(x, merged[k], rtol=1e-6, err_msg=k)
+  assert all(not x.any() for k, x in flat(start["lora"]).items() if k.endswith("/b"))  # fresh adapters
+
+
+def test_bad_targets_are_one_line():
+  with pytest.raises(UserError) as e:
+    Setup(tiny_config(**{"lora.rank": 4, "lora.targets": "q,ffn"}))
+  assert "lora.targets='q,ffn'" in str(e.value) and "\n" not in str(e.value)
+  with pytest.raises(UserError) as e:
+    Setup(tiny_config(**{"lora.rank": 4, "lora.targets": "gate"}))  # a gelu MLP has no gate
+  assert "no gate" in str(e.value)
+
+
+def test_policy_gradient_rollout_scores_the_reference_with_the_base():
+  """With adapters that move the policy, the rollout's reference log-probs are the base model's (teacher-forced),
+  computed from the very base buffers the adapters sit on."""
+  from lm.objectives import policy_gradient as pg
+  from lm.rl import common
+  from tests.rl.pg_helpers import pg_config
+  c = pg_config()
+  c.lora.update(rank=4, targets="attention")
+  setup = Setup(c)
+  with setup.use():
+    obj = pg.build(setup)
+    params = train.initial_params(setup, obj)
+    assert obj.batches.reference is None  # no copy kept: the reference is the policy's own base buffers
+    assert obj.batches.reference_params(params)[lora.FROZEN] is params[lora.FROZEN]
+    moved = jax.tree.map(lambda x: x + 0.5 * jax.random.normal(jax.random.PRNGKey(2), x.shape), params["lora"])
+    params = {**params, "lora": moved}
+    rows = obj.batches(0, params).rows
+    n = c.objective.max_new_tokens
+    base = common.token_logprobs(setup.base_model, params["base"], rows.tokens, rows.positions, rows.segment_ids,
+                                 n=n, temperature=float(c.objective.temperature))
+    policy = common.token_logprobs(setup.model, params, rows.tokens, rows.positions, rows.segment_ids, n=n,
+                                   temperature=float(c.objective.temperature))
+  mask = rows.mask > 0
+  np.testing.assert_allclose(rows.ref_logprobs[mask], np.asarray(base)[mask], atol=1e-5)
+  assert np.abs(np.asarray(policy)[mask] - rows.ref_logprobs[mask]).max() > 1e-2
