@@ -1,12 +1,15 @@
 """What every entry point (train, sample, evaluate, dry run, compress, benchmarks) builds from a config:
 the checked config, tokenizer, model, mesh and logical-axis rules, and the model's params (abstract, fresh or
 loaded from a checkpoint) in their sharded layout."""
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from lm import checkpoint as ckpt_lib
 from lm import config as config_lib
+from lm import layer_layout
 from lm import model as model_lib
 from lm import sharding
 from lm import tokenizer as tokenizer_lib
@@ -32,8 +35,9 @@ class Setup:
     """Context to trace and run under: this mesh and the rules the model's constraints read."""
     return sharding.use(self.mesh, self.rules)
 
-  def _init(self, rng):
-    return self.model.init(rng, jnp.zeros((1, min(8, self.config.model.max_len)), jnp.int32))["params"]
+  def _init(self, rng, model=None):
+    model = model or self.model
+    return model.init(rng, jnp.zeros((1, min(8, self.config.model.max_len)), jnp.int32))["params"]
 
   def abstract_params(self, boxed=False, sharded=False):
     """ShapeDtypeStructs of the params (with their shardings if `sharded`; boxed keeps logical names)."""
@@ -47,7 +51,12 @@ class Setup:
     return sharding.param_shardings(self.abstract_params(boxed=True), self.mesh, self.rules)
 
   def init_params(self, rng):
-    return jax.jit(lambda r: nn.unbox(self._init(r)), out_shardings=self.param_shardings())(rng)
+    """Fresh params. A scanned model gets its unrolled twin's, stacked: scan_layers never changes a run's start
+    (nn.scan would draw each layer's init from split keys instead)."""
+    cfg = self.model.cfg
+    unrolled = model_lib.Transformer(dataclasses.replace(cfg, scan_layers=False))
+    init = lambda r: layer_layout.to_layout(nn.unbox(self._init(r, unrolled)), cfg.scan_layers)
+    return jax.jit(init, out_shardings=self.param_shardings())(rng)
 
   def load_params(self, path, rng=None, fresh: str = "", drop: str = "", step=None, drop_heads: bool = False):
     """Params from the newest readable checkpoint under `path` (a run or checkpoint directory), in this model's
