@@ -120,7 +120,7 @@ def build(setup) -> objective_lib.Objective:
 
     ptx = lambda step: windows()(step)
   rollout = rollout_lib.Rollout(model, tokenizer, task, rewards_lib.build(config, tokenizer, task), o,
-                                rows=config.train.batch_size, seed=config.seed, ptx=ptx)
+                                rows=config.train.batch_size, seed=config.seed, mesh=setup.mesh, ptx=ptx)
   test = task.examples("test", o.eval_examples, seed=config.seed)
 
   def evaluate_fn(params, step):  # one fixed sampling key, so evals at different steps differ by the params only
