@@ -290,9 +290,18 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None):
           "seg": jnp.zeros((batch, length), jnp.int32), "layers": layers}
 
 
-def map_cache_rows(cfg: ModelConfig, fn, layers):
-  """fn (acting on a leading row axis) applied to every layer's cached keys and values, in either layout."""
-  return jax.tree.map(jax.vmap(fn) if cfg.scan_layers else fn, layers)
+def repeat_rows(x, n: int):
+  """[B, ...] -> [B * n, ...], each row n times in a row (jnp.repeat's result, as a broadcast and a reshape)."""
+  if n == 1:
+    return x
+  return jnp.broadcast_to(x[:, None], (x.shape[0], n, *x.shape[1:])).reshape(x.shape[0] * n, *x.shape[1:])
+
+
+def repeat_cache(cfg: ModelConfig, cache, n: int):
+  """A KV cache with each row n times in a row: one prompt's cache for each of its n samples."""
+  layers = jax.tree.map(jax.vmap(lambda x: repeat_rows(x, n)) if cfg.scan_layers else lambda x: repeat_rows(x, n),
+                        cache["layers"])
+  return {**cache, "pos": repeat_rows(cache["pos"], n), "seg": repeat_rows(cache["seg"], n), "layers": layers}
 
 
 def build(model_cfg) -> Transformer:

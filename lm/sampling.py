@@ -70,9 +70,7 @@ def decode(model, params, tokens, positions, segment_ids, rng, *, max_new_tokens
   cache = model_lib.init_cache(model.cfg, b // group, p + max_new_tokens)
   first = lambda x: x.reshape(b // group, group, *x.shape[1:])[:, 0]
   logits, cache = model.apply({"params": params}, first(tokens), first(positions), first(segment_ids), cache=cache)
-  logits = _repeat_rows(logits[:, -1], group)
-  cache = {**cache, **jax.tree.map(lambda x: _repeat_rows(x, group), {"pos": cache["pos"], "seg": cache["seg"]}),
-           "layers": model_lib.map_cache_rows(model.cfg, lambda x: _repeat_rows(x, group), cache["layers"])}
+  logits, cache = model_lib.repeat_rows(logits[:, -1], group), model_lib.repeat_cache(model.cfg, cache, group)
   rngs = jax.random.split(rng, max_new_tokens)
 
   def pick(t, logits, done, out):
@@ -99,13 +97,6 @@ def decode(model, params, tokens, positions, segment_ids, rng, *, max_new_tokens
                              (jnp.ones((), jnp.int32), cache, tok, valid, done, out))
   toks, logps, valid = carry[5]
   return toks, logps, valid, carry[4]
-
-
-def _repeat_rows(x, n: int):
-  """[B, ...] -> [B * n, ...], each row n times in a row (as jnp.repeat, by a broadcast and a reshape)."""
-  if n == 1:
-    return x
-  return jnp.broadcast_to(x[:, None], (x.shape[0], n, *x.shape[1:])).reshape(x.shape[0] * n, *x.shape[1:])
 
 
 generate_tokens = jax.jit(decode, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p",

@@ -72,16 +72,19 @@ def sample_rows(model, params, tokens, positions, segment_ids, rng, *, o, eos_id
   return rows_of(tokens, positions, segment_ids, out, o.max_new_tokens)
 
 
-def score_rows(model, params, ref, tokens, positions, segment_ids, *, n: int, temperature: float, value: str):
+def score_rows(model, params, ref, tokens, positions, segment_ids, *, n: int, temperature: float, value: str,
+               group: int = 1):
   """Reference log-probs of the sampled rows, and for PPO (value != "") their values at rollout time.
 
   Its own program, not fused into the sampler's: inside that one XLA computes the same forward with other
   roundings (measured: rollout KL statistics off in the 6th digit), and results must not depend on it."""
-  ref_logp = common.forward(model, ref, tokens, positions, segment_ids, n, temperature)[1]
+  ref_logp = common.forward(model, ref, tokens, positions, segment_ids, n, temperature, group)[1]
   if not value:
     return ref_logp, jnp.zeros_like(ref_logp)
-  hidden = None if value == "critic" else common.forward(model, params, tokens, positions, segment_ids, n)[2]
-  return ref_logp, common.values(model, params, tokens, positions, segment_ids, hidden, value=value, n=n)
+  hidden = None if value == "critic" else common.forward(model, params, tokens, positions, segment_ids, n,
+                                                         group=group)[2]
+  return ref_logp, common.values(model, params, tokens, positions, segment_ids, hidden, value=value, n=n,
+                                 group=group)
 
 
 def advantages(r: dict, scores, beta: float, *, o, rows: int):
@@ -141,7 +144,8 @@ class Rollout:
     self._sample = jax.jit(functools.partial(sample_rows, model, o=o, eos_id=tokenizer.eos_id,
                                              pad_id=tokenizer.pad_id, group=o.group_size))
     self._score = jax.jit(functools.partial(score_rows, model, n=o.max_new_tokens, temperature=float(o.temperature),
-                                            value=o.value if self.algorithm.critic else ""))
+                                            value=o.value if self.algorithm.critic else "",
+                                            group=o.group_size if o.share_prompts else 1))
     self._finish = jax.jit(functools.partial(finish, o=o, rows=rows),
                            out_shardings=(sharding.batch_sharding(mesh), sharding.replicated(mesh)))
     self.updates = o.epochs * o.minibatches
@@ -195,6 +199,14 @@ class Rollout:
                                ref_logprobs=row(n), advantages=row(n), returns=row(n), old_values=row(n),
                                kl_coef=row(), fresh=row(), ptx=ptx)
 
+  def _permutation(self, step: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s order of the rollout's rows; with share_prompts, of whole groups (they share a prompt)."""
+    rng = np.random.default_rng([self.seed, int(step), epoch])
+    if not self.o.share_prompts:
+      return rng.permutation(self.rows)
+    g = self.o.group_size
+    return (rng.permutation(self.rows // g)[:, None] * g + np.arange(g)).reshape(-1)
+
   def __call__(self, step: int, params) -> objective_lib.Batch:
     o, g, rows = self.o, self.o.group_size, self.rows
     # Host work that does not need the params first: it overlaps the update still running on the devices.
@@ -205,8 +217,7 @@ class Rollout:
     prompts = sharding.global_batch(sampling.left_pad([ids[i // g] for i in local], self.tokenizer.pad_id, width),
                                     self.mesh)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), 0x5EED), step)
-    order = np.concatenate([np.random.default_rng([self.seed, int(step), e]).permutation(rows)
-                            for e in range(o.epochs)])  # epochs x minibatches: each epoch one permutation
+    order = np.concatenate([self._permutation(step, e) for e in range(o.epochs)])  # each epoch one permutation
     jax.block_until_ready(params)
     t0 = time.time()
     update_s = t0 - self.last_end if self.last_end is not None else 0.0
