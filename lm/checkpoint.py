@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from lm import layer_layout
 from lm import options
 from lm.errors import UserError
 from lm.options import option
@@ -264,6 +265,8 @@ def load_params(path: str, abstract_params, fresh: str = "", drop: str = "", ste
   may belong to someone else); a mismatch is one error naming the params. `step`: that checkpoint only.
   drop_heads: also ignore checkpoint params outside the model's top-level names (a run's value or reward head,
   when its own checkpoint is read for the model alone).
+  A checkpoint saved with the other layer layout (model.scan_layers, lm/layer_layout.py) is converted on load;
+  the checks, the globs and the messages then name its params as this model names them.
   """
   ckpt = Checkpointer(checkpoint_dir(path), async_save=False, read_only=True)
   try:
@@ -276,15 +279,18 @@ def load_params(path: str, abstract_params, fresh: str = "", drop: str = "", ste
       raise UserError(f"checkpoint: {path!r} holds no checkpoints; give a run directory, a checkpoint directory or "
                       "a Hugging Face model directory (config.json with a model_type, *.safetensors)")
     wanted = {k[len("params/"):]: v for k, v in shapes({"params": abstract_params}).items()}
+    scanned = layer_layout.is_scanned(abstract_params)
     fresh_globs, drop_globs = _globs(fresh), _globs(drop)
     matches = lambda key, globs: any(fnmatch.fnmatchcase(key, g) for g in globs)
     for step in reversed(steps):  # pylint: disable=redefined-argument-from-local
       try:
-        saved = {k[len("params/"):]: v for k, v in ckpt.saved_shapes(step).items() if k.startswith("params/")}
+        own = {k[len("params/"):]: v for k, v in ckpt.saved_shapes(step).items() if k.startswith("params/")}
       except Exception as e:  # pylint: disable=broad-except
         print(f"warning: checkpoint {ckpt.directory}/{step} is unreadable ({_reason(e)}); trying an earlier one",
               file=sys.stderr)
         continue
+      convert = any(k.startswith(layer_layout.SCANNED + "/") for k in own) != scanned
+      saved = layer_layout.shapes_to_layout(own, scanned) if convert else own
       if drop_heads:
         tops = {k.split("/")[0] for k in wanted}
         saved = {k: v for k, v in saved.items() if k.split("/")[0] in tops}
@@ -295,7 +301,8 @@ def load_params(path: str, abstract_params, fresh: str = "", drop: str = "", ste
         raise UserError(f"checkpoint {ckpt.directory}/{step} does not fit this model ({_summary(diffs)}); set "
                         "--config.model.* to the checkpoint's model, or list params to initialise fresh in "
                         "checkpoint.init_fresh (and unused ones in checkpoint.init_drop)")
-      item = {"params": _without(abstract_params, fresh_keys)}
+      needed = _without(abstract_params, fresh_keys)
+      item = {"params": _in_saved_layout(own, abstract_params, not scanned) if convert else needed}
       try:
         restored = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
@@ -306,7 +313,10 @@ def load_params(path: str, abstract_params, fresh: str = "", drop: str = "", ste
         print(f"warning: checkpoint {ckpt.directory}/{step} is unreadable ({_reason(e)}); trying an earlier one",
               file=sys.stderr)
         continue
-      return restored["state"]["params"], sorted(fresh_keys)
+      params = restored["state"]["params"]
+      if convert:
+        params = _to_model_layout(params, needed, scanned)
+      return params, sorted(fresh_keys)
     raise UserError(f"checkpoint: every checkpoint under {path!r} is unreadable (steps {steps})")
   finally:
     ckpt.manager.close()
@@ -331,3 +341,30 @@ def _without(tree, keys: set):
     return out
 
   return strip(tree, "")
+
+
+def _in_saved_layout(own: dict, abstract_params, saved_scanned: bool):
+  """What to restore from a checkpoint of the other layer layout: each of its params (`own`: {path: (shape,
+  dtype)}) that this model has a counterpart for, with its saved shape and the counterpart's dtype and sharding."""
+  template = {path_of(p): x for p, x in jax.tree_util.tree_leaves_with_path(
+      layer_layout.to_layout(abstract_params, saved_scanned))}
+  item = {}
+  for key, (shape, _) in own.items():
+    if key in template:  # the rest (layers or heads this model lacks) passed the drop checks: not read
+      node = item
+      *path, last = key.split("/")
+      for p in path:
+        node = node.setdefault(p, {})
+      node[last] = jax.ShapeDtypeStruct(shape, template[key].dtype, sharding=template[key].sharding)
+  return item
+
+
+def _to_model_layout(params, needed, scanned: bool):
+  """Restored params of the other layout -> the `needed` params (abstract, sharded) in this model's layout."""
+  keep = {path_of(p) for p, _ in jax.tree_util.tree_leaves_with_path(needed)}
+
+  def convert(tree):
+    tree = layer_layout.to_layout(tree, scanned)
+    return _without(tree, {path_of(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)} - keep)
+
+  return jax.jit(convert, out_shardings=jax.tree.map(lambda x: x.sharding, needed))(params)

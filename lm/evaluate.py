@@ -56,13 +56,15 @@ def generate_responses(model, params, tokenizer, prompts, rng, *, max_new_tokens
   ids = [chat.prompt_ids(tokenizer, p, system or None) for p in prompts]
   flat = [x for x in ids for _ in range(n)]
   size = min(batch_size, len(flat))
+  group = n if size % n == 0 else 1  # chunks hold whole groups of one prompt's n samples: prefill each once
   out = []
   for i, start in enumerate(range(0, len(flat), size)):
     chunk = flat[start:start + size]
     real = len(chunk)
     # Pad the last chunk to the same number of rows so every chunk reuses one compilation.
     res = sampling.generate(model, params, chunk + [chunk[0]] * (size - real), jax.random.fold_in(rng, i),
-                            max_new_tokens, temperature=temperature, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+                            max_new_tokens, temperature=temperature, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                            group=group)
     toks, mask, logp, trunc = (np.asarray(jax.device_get(res[k])) for k in ("tokens", "mask", "logprobs", "truncated"))
     for j in range(real):
       out.append({"text": chat.response_text(tokenizer, toks[j], mask[j]), "logprob": float(logp[j].sum()),

@@ -1,7 +1,12 @@
 """Decoder-only transformer in Flax Linen: GPT-2 style and Llama/Mistral style behind config switches.
 
-Params carry logical axis names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`); activations carry
-`batch`, `length`, `act_*` names. Only `lm/sharding.py` maps names to mesh axes.
+Params carry logical axis names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, and `layers` for the
+leading axis of scanned layers); activations carry `batch`, `length`, `act_*` names. Only `lm/sharding.py` maps
+names to mesh axes.
+
+Layers are unrolled (params `layer_0/...`, `layer_1/...`) or, with `scan_layers`, one `nn.scan` over stacked
+params (`layers/...` with a leading layer axis), so XLA compiles one layer instead of n_layers.
+`lm/layer_layout.py` converts params between the two layouts; the same params give the same logits in both.
 
 Attention masking is positional, so one code path serves training, packed rows and KV-cache decoding: a query
 at (position p, segment s) sees a key at (position q, segment s') iff s == s' != 0, q <= p and, with a sliding
@@ -59,6 +64,8 @@ class ModelConfig(options.Group):
   dtype: str = option("float32", choices=tuple(DTYPES))
   param_dtype: str = option("float32", choices=tuple(DTYPES))
   remat: str = option("none", choices=("none", *REMAT_POLICIES))
+  scan_layers: bool = option(False, doc="stack the layers' params and run one nn.scan over them: compile time no "
+                                        "longer grows with n_layers")
   # cudnn ignores segment ids: unpacked data only; auto: cudnn on GPUs
   attention_impl: str = option("xla", choices=("xla", "cudnn", "auto"))
 
@@ -282,14 +289,22 @@ class Transformer(nn.Module):
       kv_pos = jax.lax.dynamic_update_slice(cache["pos"], positions, (0, index))
       kv_seg = jax.lax.dynamic_update_slice(cache["seg"], segment_ids, (0, index))
     block = Block
-    if cfg.remat != "none":
-      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=True)
-    new_layers = []
-    for i in range(cfg.n_layers):
-      layer_cache = None if cache is None else cache["layers"][i]
-      x, c = block(cfg, deterministic, name=f"layer_{i}")(x, positions, segment_ids, layer_cache, kv_pos, kv_seg,
-                                                          index)
-      new_layers.append(c)
+    if cfg.remat != "none":  # inside a scan, CSE cannot undo the remat, so it need not be prevented (JAX's advice)
+      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:  # x is the carry; each layer's cache slice goes in, its updated slice comes out
+      b_ = nn.broadcast
+      layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                       in_axes=(b_, b_, 0, b_, b_, b_), length=cfg.n_layers,
+                       metadata_params={nn.PARTITION_NAME: "layers"})
+      x, new_layers = layers(cfg, deterministic, name="layers")(
+          x, positions, segment_ids, None if cache is None else cache["layers"], kv_pos, kv_seg, index)
+    else:
+      new_layers = []
+      for i in range(cfg.n_layers):
+        layer_cache = None if cache is None else cache["layers"][i]
+        x, c = block(cfg, deterministic, name=f"layer_{i}")(x, positions, segment_ids, layer_cache, kv_pos, kv_seg,
+                                                            index)
+        new_layers.append(c)
     hidden = _norm(cfg, "ln_final")(x)
     flat = hidden.reshape(b * t, cfg.d_model)
     if cfg.tie_embeddings:
@@ -309,15 +324,30 @@ class Transformer(nn.Module):
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None):
-  """Empty KV cache for `length` slots: segment 0 marks a slot as empty."""
+  """Empty KV cache for `length` slots: segment 0 marks a slot as empty. Per layer keys and values: a list of
+  n_layers {k, v}, or with scan_layers one {k, v} stacked on a leading layer axis."""
   dtype = DTYPES[cfg.dtype] if dtype is None else dtype
   shape = (batch, length, cfg.n_kv_heads, cfg.head_dim)
-  return {
-      "index": jnp.zeros((), jnp.int32),
-      "pos": jnp.zeros((batch, length), jnp.int32),
-      "seg": jnp.zeros((batch, length), jnp.int32),
-      "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layers)],
-  }
+  if cfg.scan_layers:
+    layers = {"k": jnp.zeros((cfg.n_layers, *shape), dtype), "v": jnp.zeros((cfg.n_layers, *shape), dtype)}
+  else:
+    layers = [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layers)]
+  return {"index": jnp.zeros((), jnp.int32), "pos": jnp.zeros((batch, length), jnp.int32),
+          "seg": jnp.zeros((batch, length), jnp.int32), "layers": layers}
+
+
+def repeat_rows(x, n: int):
+  """[B, ...] -> [B * n, ...], each row n times in a row (jnp.repeat's result, as a broadcast and a reshape)."""
+  if n == 1:
+    return x
+  return jnp.broadcast_to(x[:, None], (x.shape[0], n, *x.shape[1:])).reshape(x.shape[0] * n, *x.shape[1:])
+
+
+def repeat_cache(cfg: ModelConfig, cache, n: int):
+  """A KV cache with each row n times in a row: one prompt's cache for each of its n samples."""
+  layers = jax.tree.map(jax.vmap(lambda x: repeat_rows(x, n)) if cfg.scan_layers else lambda x: repeat_rows(x, n),
+                        cache["layers"])
+  return {**cache, "pos": repeat_rows(cache["pos"], n), "seg": repeat_rows(cache["seg"], n), "layers": layers}
 
 
 def build(model_cfg) -> Transformer:

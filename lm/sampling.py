@@ -1,4 +1,4 @@
-"""Batched generation with a KV cache: one prefill, then a jitted decode loop (lax.scan).
+"""Batched generation with a KV cache: one prefill, then a decode loop (lax.while_loop), one compiled program.
 
 Prompts are left-padded to a common length, so the last prompt column is every row's last real token; padding
 has segment id 0 and is never attended to. Returned log-probs are log softmax(logits / temperature) of the
@@ -55,34 +55,58 @@ def left_pad(prompts, pad_id: int, length: int | None = None):
   return tokens, pos, seg
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "eos_id", "pad_id"))
-def generate_tokens(model, params, tokens, positions, segment_ids, rng, *, max_new_tokens, temperature, top_k, top_p,
-                    eos_id, pad_id):
-  b, p = tokens.shape
-  cache = model_lib.init_cache(model.cfg, b, p + max_new_tokens)
-  logits, cache = model.apply({"params": params}, tokens, positions, segment_ids, cache=cache)
-  next_pos = positions[:, -1] + 1
+def decode(model, params, tokens, positions, segment_ids, rng, *, max_new_tokens, temperature, top_k, top_p, eos_id,
+           pad_id, group: int = 1):
+  """The compiled sampler (trace it inside jit): prefill, then a while loop of one-token steps, all on device.
 
-  def step(carry, rng_t):
-    cache, logits, pos, done = carry
-    tok, logp = sample_token(logits, rng_t, temperature, top_k, top_p)
+  Rows come in consecutive groups of `group` identical prompts (G samples of each prompt): the prefill runs once
+  per group and its cache is copied to the group's rows. The loop stops once every row has ended (EOS) and
+  never runs the model on the last token. Neither changes a bit of the result: prefill rows do not depend on
+  the other rows, and the skipped steps' tokens are padding. (Measured on the GRPO rollout, 64 rows of
+  13 + 8 tokens: the prefill was half the sampler's time; answers end after 6 of 8 tokens.)
+  Returns (tokens [B, N], log-probs [B, N] (0 after EOS), valid [B, N], done [B]).
+  """
+  b, p = tokens.shape
+  cache = model_lib.init_cache(model.cfg, b // group, p + max_new_tokens)
+  first = lambda x: x.reshape(b // group, group, *x.shape[1:])[:, 0]
+  logits, cache = model.apply({"params": params}, first(tokens), first(positions), first(segment_ids), cache=cache)
+  logits, cache = model_lib.repeat_rows(logits[:, -1], group), model_lib.repeat_cache(model.cfg, cache, group)
+  rngs = jax.random.split(rng, max_new_tokens)
+
+  def pick(t, logits, done, out):
+    tok, logp = sample_token(logits, rngs[t], temperature, top_k, top_p)
     tok = jnp.where(done, pad_id, tok)
     valid = ~done
-    done = done | (tok == eos_id)
-    logits, cache = model.apply({"params": params}, tok[:, None], pos[:, None], valid[:, None].astype(jnp.int32),
-                                cache=cache)
-    return (cache, logits[:, 0], pos + 1, done), (tok, logp, valid)
+    toks, logps, valids = out
+    out = (toks.at[:, t].set(tok), logps.at[:, t].set(jnp.where(valid, logp, 0.0)), valids.at[:, t].set(valid))
+    return tok, valid, done | (tok == eos_id), out
 
-  rngs = jax.random.split(rng, max_new_tokens)
-  (_, _, _, done), (toks, logps, valid) = jax.lax.scan(step, (cache, logits[:, -1], next_pos,
-                                                              jnp.zeros((b,), bool)), rngs)
-  return toks.T, jnp.where(valid.T, logps.T, 0.0), valid.T, done
+  out = (jnp.full((b, max_new_tokens), pad_id, jnp.int32), jnp.zeros((b, max_new_tokens), jnp.float32),
+         jnp.zeros((b, max_new_tokens), bool))
+  pos = positions[:, -1] + 1
+  tok, valid, done, out = pick(0, logits, jnp.zeros((b,), bool), out)
+
+  def step(carry):
+    t, cache, tok, valid, done, out = carry
+    logits, cache = model.apply({"params": params}, tok[:, None], (pos + t - 1)[:, None],
+                                valid[:, None].astype(jnp.int32), cache=cache)
+    tok, valid, done, out = pick(t, logits[:, 0], done, out)
+    return t + 1, cache, tok, valid, done, out
+
+  carry = jax.lax.while_loop(lambda c: (c[0] < max_new_tokens) & ~jnp.all(c[4]), step,
+                             (jnp.ones((), jnp.int32), cache, tok, valid, done, out))
+  toks, logps, valid = carry[5]
+  return toks, logps, valid, carry[4]
+
+
+generate_tokens = jax.jit(decode, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p",
+                                                   "eos_id", "pad_id", "group"))
 
 
 def generate(model, params, prompts, rng, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, eos_id: int = -1, pad_id: int = 0, prompt_len: int | None = None):
-  """Sample continuations of `prompts` (list of 1-D int arrays).
+             top_p: float = 1.0, eos_id: int = -1, pad_id: int = 0, prompt_len: int | None = None, group: int = 1):
+  """Sample continuations of `prompts` (list of 1-D int arrays; with `group`, consecutive groups of that many
+  are the same prompt: see `decode`).
 
   Returns dict: tokens [B, N] (pad after EOS), logprobs [B, N], mask [B, N] (True up to and including EOS),
   truncated [B] (no EOS within N tokens), and the padded prompt arrays used.
@@ -95,7 +119,7 @@ def generate(model, params, prompts, rng, max_new_tokens: int, temperature: floa
   toks, logps, mask, done = generate_tokens(model, params, jnp.asarray(tokens), jnp.asarray(positions),
                                       jnp.asarray(segment_ids), rng, max_new_tokens=max_new_tokens,
                                       temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                                      eos_id=int(eos_id), pad_id=int(pad_id))
+                                      eos_id=int(eos_id), pad_id=int(pad_id), group=int(group))
   return {"tokens": toks, "logprobs": logps, "mask": mask, "truncated": ~done,
           "prompt_tokens": tokens, "prompt_positions": positions, "prompt_segment_ids": segment_ids}
 

@@ -6,6 +6,7 @@ With `checkpoint.init_from` a Hugging Face directory, its config.json sets the a
 lm/hf/load.py) before anything else reads the config. With `lora.rank` > 0 the params are {"base", "lora"}
 (lm/lora.py) and `model` is the Transformer that merges the adapters before applying.
 """
+import dataclasses
 import os
 
 import flax.linen as nn
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 
 from lm import checkpoint as ckpt_lib
 from lm import config as config_lib
+from lm import layer_layout
 from lm import lora as lora_lib
 from lm import model as model_lib
 from lm import sharding
@@ -37,6 +39,10 @@ class Setup:
     self.config = config
     self.base_model = model_lib.build(config.model)
     self.lora = lora_lib.LoraConfig.parse(config.get("lora"), "lora", config)
+    if self.base_model.cfg.scan_layers and (self.lora.rank or config.checkpoint.init_from and
+                                            hf_load.is_hf_dir(config.checkpoint.init_from)):
+      raise UserError("LoRA adapters and Hugging Face checkpoints use unrolled layers: set "
+                      "--config.model.scan_layers=False")
     self.model = lora_lib.wrap(self.base_model, self.lora)
     self.tokenizer = tokenizer_lib.get(config.tokenizer, config.data)
     tokenizer_lib.check_fits(self.tokenizer, config.tokenizer, self.base_model.cfg.vocab_size)
@@ -48,17 +54,27 @@ class Setup:
     """Context to trace and run under: this mesh and the rules the model's constraints read."""
     return sharding.use(self.mesh, self.rules)
 
-  def _init_base(self, rng):
-    return self.base_model.init(rng, jnp.zeros((1, min(8, self.config.model.max_len)), jnp.int32))["params"]
+  def _init_base(self, rng, model=None):
+    model = model or self.base_model
+    return model.init(rng, jnp.zeros((1, min(8, self.config.model.max_len)), jnp.int32))["params"]
+
+  def _fresh_base(self, rng):
+    """Unboxed fresh base params. A scanned model gets its unrolled twin's, stacked: scan_layers never changes a
+    run's start (nn.scan would draw each layer's init from split keys instead)."""
+    cfg = self.base_model.cfg
+    if not cfg.scan_layers:
+      return nn.unbox(self._init_base(rng))
+    unrolled = model_lib.Transformer(dataclasses.replace(cfg, scan_layers=False))
+    return layer_layout.to_layout(nn.unbox(self._init_base(rng, unrolled)), True)
 
   def _init_adapters(self, rng):
     return lora_lib.init(rng, self.abstract_params(boxed=True, base=True), self.lora, self.base_model.cfg.mlp)
 
-  def _init(self, rng):
-    base = self._init_base(rng)
+  def _fresh(self, rng):
+    base = self._fresh_base(rng)
     if not self.lora.rank:
       return base
-    return {lora_lib.FROZEN: base, "lora": self._init_adapters(jax.random.fold_in(rng, 1))}
+    return {lora_lib.FROZEN: base, "lora": nn.unbox(self._init_adapters(jax.random.fold_in(rng, 1)))}
 
   def abstract_params(self, boxed=False, sharded=False, base=False):
     """ShapeDtypeStructs of the params (with their shardings if `sharded`; boxed keeps logical names); `base`:
@@ -85,7 +101,7 @@ class Setup:
     return sharding.param_shardings(self.abstract_params(boxed=True, base=base), self.mesh, self.rules)
 
   def init_params(self, rng):
-    return jax.jit(lambda r: nn.unbox(self._init(r)), out_shardings=self.param_shardings())(rng)
+    return jax.jit(self._fresh, out_shardings=self.param_shardings())(rng)
 
   def load_params(self, path, rng=None, fresh: str = "", drop: str = "", step=None, drop_heads: bool = False):
     """Params from the newest readable checkpoint under `path` (a run or checkpoint directory) in this run's layout
@@ -99,8 +115,7 @@ class Setup:
   def init_from(self, path, rng, fresh: str = "", drop: str = ""):
     """A run's starting params from another model: a Hugging Face directory, a run or checkpoint directory, or a
     LoRA run (its adapters merged into its base); with lora.rank > 0, under fresh adapters."""
-    base_init = lambda r: jax.jit(lambda k: nn.unbox(self._init_base(k)),
-                                  out_shardings=self.param_shardings(base=True))(r)
+    base_init = lambda r: jax.jit(self._fresh_base, out_shardings=self.param_shardings(base=True))(r)
     abstract = self.abstract_params(sharded=True, base=True)
     if hf_load.is_hf_dir(path):
       loaded, fresh_keys = hf_load.load_params(path, self.base_model.cfg, abstract, fresh=fresh, drop=drop)

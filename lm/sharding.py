@@ -21,8 +21,9 @@ AXES = ("data", "fsdp", "tensor")
 
 # Logical axis -> mesh axes. Params use the plain names, activations the act_* names, so a tensor dimension is
 # never sharded twice over one mesh axis.
-RULES = dict(batch=("data", "fsdp"), length=None, pos=None, head_dim=None, embed="fsdp", vocab="tensor",
-             heads="tensor", kv_heads="tensor", mlp="tensor", act_embed=None, act_vocab="tensor",
+# `layers` (the leading axis of scanned layer params) stays unsharded: each scan step needs its whole layer.
+RULES = dict(batch=("data", "fsdp"), length=None, pos=None, layers=None, head_dim=None, embed="fsdp",
+             vocab="tensor", heads="tensor", kv_heads="tensor", mlp="tensor", act_embed=None, act_vocab="tensor",
              act_heads="tensor", act_kv_heads="tensor", act_mlp="tensor")
 
 
@@ -121,9 +122,34 @@ def batch_divisor(mesh) -> int:
 
 def global_batch(local, mesh):
   """Process-local numpy rows (any pytree of arrays with rows first) -> global jax.Arrays sharded over
-  (data, fsdp)."""
+  (data, fsdp). Leaves that already are such global arrays (a rollout made on the devices) pass through."""
   sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), local)
+
+  def place(v):
+    if isinstance(v, jax.Array) and v.sharding.is_equivalent_to(sharding, v.ndim):
+      return v
+    return jax.make_array_from_process_local_data(sharding, np.asarray(v))
+
+  return jax.tree.map(place, local)
+
+
+def replicate(tree, mesh):
+  """Host values that every process holds alike (numpy arrays, scalars) -> global arrays replicated on the mesh."""
+  sharding = replicated(mesh)
+  return jax.tree.map(lambda v: jax.make_array_from_callback(np.shape(v), sharding, lambda i: np.asarray(v)[i]),
+                      tree)
+
+
+def local_part(x) -> np.ndarray:
+  """This process's rows (its `local_rows` slice) of a global array sharded over the batch axes, as numpy."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}  # replicas (tensor axis) collapse
+  part = np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
+  rows = local_rows(x.shape[0])
+  if min(shards) != rows.start or len(part) != rows.stop - rows.start:
+    raise ValueError(f"rows {min(shards)}..+{len(part)} on this process are not its batch slice {rows}")
+  return part
 
 
 def local_rows(global_rows: int) -> slice:

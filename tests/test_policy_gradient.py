@@ -38,6 +38,8 @@ def test_options_are_checked_together_in_one_line():
   assert "\n" not in msg and "objective.algorithm='grpoo' must be one of" in msg
   with pytest.raises(UserError, match="multiple of objective.group_size=3"):
     build_only(group_size=3)
+  with pytest.raises(UserError, match=r"share_prompts needs whole groups.*8 / \(objective.minibatches=4"):
+    build_only(share_prompts=True, minibatches=4)  # 2 rows per update, groups of 4
 
 
 def test_unknown_option_is_named_with_a_suggestion():

@@ -67,3 +67,17 @@ def test_top_k_and_top_p_restrict_the_support():
     assert int(tok[0]) in (0, 1)
     tok, _ = sampling.sample_token(logits, jax.random.PRNGKey(seed), 1.0, top_p=0.7)
     assert int(tok[0]) in (0, 1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0], ids=["t1", "greedy"])
+def test_prefilling_each_prompt_once_per_group_samples_the_same(temperature):
+  """group=G (G consecutive rows share a prompt): one prefill per prompt, the same tokens and log-probs."""
+  model, params = build(LLAMA)
+  prompts = [np.array([1, 2, 3, 4, 5], np.int32)] * 3 + [np.array([9, 8], np.int32)] * 3
+  kw = dict(max_new_tokens=7, temperature=temperature, eos_id=260, pad_id=0)
+  plain = sampling.generate(model, params, prompts, jax.random.PRNGKey(3), **kw)
+  grouped = sampling.generate(model, params, prompts, jax.random.PRNGKey(3), group=3, **kw)
+  np.testing.assert_array_equal(grouped["tokens"], plain["tokens"])
+  np.testing.assert_array_equal(grouped["mask"], plain["mask"])
+  np.testing.assert_allclose(grouped["logprobs"], plain["logprobs"], atol=1e-5)
+  assert len(set(map(tuple, np.asarray(plain["tokens"])[:3]))) > 1 or temperature == 0.0  # the rows do differ

@@ -42,6 +42,10 @@ class Options(evaluate.TaskEval):
   truncated: str = option("keep", choices=("keep", "mask", "penalty"),
                           doc="answers without EOS: keep, mask (no gradient), or penalty (add truncated_penalty)")
   truncated_penalty: float = option(-1.0)
+  share_prompts: bool = option(False, doc="the update and the reference pass run each prompt once for its G "
+                                          "samples (answers attend to its KV cache) and minibatches hold whole "
+                                          "groups: the same loss with fewer tokens through the model, but other "
+                                          "roundings, so a run drifts from one without it")
   # advantages
   baseline: str = option("leave_one_out", choices=("batch_mean", "leave_one_out"), doc="reinforce's baseline")
   adv_scale: str = option("group_std", choices=("group_std", "batch_std", "none"), doc="grpo; none: Dr. GRPO")
@@ -83,6 +87,10 @@ class Options(evaluate.TaskEval):
     if rows % (self.minibatches * accum):
       problems.append(f"train.batch_size={rows} must divide into objective.minibatches={self.minibatches} x "
                       f"train.grad_accum={accum}")
+    if self.share_prompts and (rows // (self.minibatches * accum)) % self.group_size:
+      problems.append(f"objective.share_prompts needs whole groups in every update slice: train.batch_size={rows} / "
+                      f"(objective.minibatches={self.minibatches} x train.grad_accum={accum}) must be a multiple of "
+                      f"objective.group_size={self.group_size}")
     if self.ptx_coef and self.ptx_rows % accum:
       problems.append(f"objective.ptx_rows={self.ptx_rows} must divide by train.grad_accum={accum}")
     if self.kl_in == "loss" and self.kl_estimator == "k1" and (self.kl_coef or self.kl_target):
@@ -112,7 +120,7 @@ def build(setup) -> objective_lib.Objective:
 
     ptx = lambda step: windows()(step)
   rollout = rollout_lib.Rollout(model, tokenizer, task, rewards_lib.build(config, tokenizer, task), o,
-                                rows=config.train.batch_size, seed=config.seed, ptx=ptx)
+                                rows=config.train.batch_size, seed=config.seed, mesh=setup.mesh, ptx=ptx)
   test = task.examples("test", o.eval_examples, seed=config.seed)
 
   def evaluate_fn(params, step):

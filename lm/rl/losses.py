@@ -64,8 +64,9 @@ def policy_loss(params, batch, rng, *, model, o):
   algorithm = algorithms.get(o.algorithm)
   n_new = o.max_new_tokens
   mask = batch.mask
+  group = o.group_size if o.share_prompts else 1
   logp_all, logp, hidden = common.forward(model, params, batch.tokens, batch.positions, batch.segment_ids, n_new,
-                                          float(o.temperature))
+                                          float(o.temperature), group)
   # On the first slice after sampling the policy is the sampler: use its own log-probs (stop-gradient) as
   # pi_old, so the ratio is exactly 1 rather than 1 up to the KV-cache's rounding.
   old = jnp.where(batch.fresh[:, None] > 0, jax.lax.stop_gradient(logp), batch.old_logprobs)
@@ -88,7 +89,8 @@ def policy_loss(params, batch, rng, *, model, o):
   if o.entropy_coef:
     loss = loss - o.entropy_coef * aggregate(entropy, mask, o.loss_agg, n_new)
   if algorithm.critic:
-    v = common.values(model, params, batch.tokens, batch.positions, batch.segment_ids, hidden, value=o.value, n=n_new)
+    v = common.values(model, params, batch.tokens, batch.positions, batch.segment_ids, hidden, value=o.value, n=n_new,
+                      group=group)
     v_tok, v_clipped = value_loss(v, batch.old_values, batch.returns, o.value_clip)
     v_loss = tok_mean(v_tok)
     loss = loss + o.value_coef * v_loss

@@ -1,5 +1,12 @@
-"""One policy-gradient rollout per train-loop step: sample -> score -> reference log-probs (and values) ->
-advantages -> a RolloutBatch of this process's rows, plus host-side statistics for the log.
+"""One policy-gradient rollout per train-loop step: sample -> reference log-probs (and values) -> rewards ->
+advantages -> the step's RolloutBatch, plus statistics for the log.
+
+Rows stay where they are sampled: the prompts are a global array sharded over the mesh's batch axes, so each
+device samples and scores only its own rows (`sample_rows`: the whole decode loop runs on the device, no host
+round trip per token; `score_rows`: reference log-probs). Only the response tokens go to the host, where each
+process computes the rewards of its own rows; advantages, statistics and the minibatch order are one more
+compiled program (`finish`) over the global rows. Per-row randomness is the sampler's key with the row's global index
+(threefry is partitionable), so 1 process and 2 processes sample the same rows.
 
 `Rollout` owns what outlives a step: the frozen reference params, the KL controller (checkpointed through
 `state_dict`) and the timer between rollouts. Prompts, samples and minibatch permutations are functions of
@@ -27,24 +34,29 @@ from lm.rl import common
 from lm.rl import kl as kl_lib
 
 
+def rows_of(prompt_tokens, prompt_positions, prompt_segment_ids, out, n: int) -> dict:
+  """Prompts [B, P] + sampler output -> the rollout rows: `tokens`, `positions`, `segment_ids` [B, P + n] (response
+  slots after EOS get segment 0), `mask` (True up to and including EOS), `logprobs` [B, n], `truncated` [B]."""
+  toks, logps, valid, done = out
+  xp = np if isinstance(toks, np.ndarray) else jnp
+  last = prompt_positions[:, -1:]
+  return {
+      "tokens": xp.concatenate([prompt_tokens, toks], 1).astype(np.int32),
+      "positions": xp.concatenate([prompt_positions, last + 1 + xp.arange(n)], 1).astype(np.int32),
+      "segment_ids": xp.concatenate([prompt_segment_ids, valid], 1).astype(np.int32),
+      "mask": valid.astype(bool), "logprobs": logps.astype(np.float32), "truncated": ~done,
+  }
+
+
 def sample(model, params, prompts: list, rng, max_new_tokens: int, tokenizer, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, prompt_len: int | None = None) -> dict:
-  """prompts: list of 1-D prompt token arrays (already repeated G times) -> numpy rows: `tokens`, `positions`,
-  `segment_ids` [B, P + N]; for the N response slots `mask` (True up to and including EOS, so nothing after EOS
-  ever counts) and `logprobs` (under the sampling policy); `truncated` [B] (no EOS within N tokens)."""
-  out = jax.device_get(sampling.generate(model, params, prompts, rng, max_new_tokens, temperature=temperature,
-                                         top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                                         prompt_len=prompt_len))
-  mask = np.asarray(out["mask"], bool)
-  last = out["prompt_positions"][:, -1:]
-  return {
-      "tokens": np.concatenate([out["prompt_tokens"], out["tokens"]], 1).astype(np.int32),
-      "positions": np.concatenate([out["prompt_positions"], last + 1 + np.arange(max_new_tokens)], 1).astype(np.int32),
-      "segment_ids": np.concatenate([out["prompt_segment_ids"], mask], 1).astype(np.int32),
-      "mask": mask,
-      "logprobs": np.asarray(out["logprobs"], np.float32),
-      "truncated": np.asarray(out["truncated"], bool),
-  }
+  """prompts: list of 1-D prompt token arrays (already repeated G times) -> numpy rows (see `rows_of`)."""
+  out = sampling.generate(model, params, prompts, rng, max_new_tokens, temperature=temperature, top_k=top_k,
+                          top_p=top_p, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, prompt_len=prompt_len)
+  out = jax.device_get(out)
+  return rows_of(out["prompt_tokens"], out["prompt_positions"], out["prompt_segment_ids"],
+                 tuple(np.asarray(out[k]) for k in ("tokens", "logprobs", "mask")) + (~np.asarray(out["truncated"]),),
+                 max_new_tokens)
 
 
 def responses(tokenizer, rows: dict) -> list:
@@ -52,23 +64,91 @@ def responses(tokenizer, rows: dict) -> list:
                                                                rows["mask"])]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "n", "temperature", "value"))
-def _score_rows(model, params, ref, tokens, positions, segment_ids, *, n, temperature, value):
-  """Reference log-probs of the sampled rows, and for PPO (value != "") their values at rollout time."""
-  ref_logp = common.forward(model, ref, tokens, positions, segment_ids, n, temperature)[1]
+def sample_rows(model, params, tokens, positions, segment_ids, rng, *, o, eos_id: int, pad_id: int, group: int):
+  """Sampled rows (see `rows_of`) for prompts [B, P]: the whole decode loop on the device (lm/sampling.decode).
+  Rows are global arrays sharded over the batch axes, so each device samples only its own rows."""
+  out = sampling.decode(model, params, tokens, positions, segment_ids, rng, max_new_tokens=o.max_new_tokens,
+                        temperature=float(o.temperature), top_k=o.top_k, top_p=o.top_p, eos_id=eos_id,
+                        pad_id=pad_id, group=group)
+  return rows_of(tokens, positions, segment_ids, out, o.max_new_tokens)
+
+
+def score_rows(model, params, ref, tokens, positions, segment_ids, *, n: int, temperature: float, value: str,
+               group: int = 1):
+  """Reference log-probs of the sampled rows, and for PPO (value != "") their values at rollout time.
+
+  Its own program, not fused into the sampler's: inside that one XLA computes the same forward with other
+  roundings (measured: rollout KL statistics off in the 6th digit), and results must not depend on it."""
+  ref_logp = common.forward(model, ref, tokens, positions, segment_ids, n, temperature, group)[1]
   if not value:
     return ref_logp, jnp.zeros_like(ref_logp)
-  hidden = None if value == "critic" else common.forward(model, params, tokens, positions, segment_ids, n)[2]
-  return ref_logp, common.values(model, params, tokens, positions, segment_ids, hidden, value=value, n=n)
+  hidden = None if value == "critic" else common.forward(model, params, tokens, positions, segment_ids, n,
+                                                         group=group)[2]
+  return ref_logp, common.values(model, params, tokens, positions, segment_ids, hidden, value=value, n=n,
+                                 group=group)
+
+
+def advantages(r: dict, scores, beta: float, *, o, rows: int):
+  """(advantages, returns) [B, N] of the sampled rows from their scores [B] (global arrays).
+
+  Run op by op, not jitted, as when the host computed them: inside one jit XLA turns the group std's division
+  by G - 1 into a multiplication by its reciprocal, which moved GRPO's advantages by 1 ulp and the train
+  losses in their 7th digit (and so, over a run, which answers get sampled)."""
+  algorithm = algorithms.get(o.algorithm)
+  mask = r["mask"].astype(jnp.float32)
+  kl = (lambda: kl_lib.estimate(r["logprobs"], r["ref_logprobs"], o.kl_estimator) * mask) if o.kl_in == "reward" \
+      else None
+  if algorithm.critic:
+    last = jnp.maximum(mask.sum(1).astype(jnp.int32) - 1, 0)
+    token_rewards = jnp.zeros_like(mask).at[jnp.arange(rows), last].set(scores)
+    if kl is not None:
+      token_rewards -= beta * kl()
+    adv, returns = adv_lib.gae(token_rewards, r["values"], mask, o.gamma, o.lam)
+    return adv_lib.whiten(adv, mask) if o.whiten else adv, returns
+  seq = scores - beta * kl().sum(1) if kl is not None else scores
+  adv = algorithms.sequence_advantages(seq.reshape(-1, o.group_size), o).reshape(-1)[:, None] * mask
+  return adv, jnp.zeros_like(mask)
+
+
+def finish(r: dict, scores, parts: dict, adv, returns, beta, order, *, o, rows: int):
+  """Sampled rows, scores and advantages -> (the RolloutBatch in `order` (epochs x permutations), statistics).
+  Pure and jitted: rows stay on their devices; the statistics are global means."""
+  mask = r["mask"].astype(jnp.float32)
+  kl_tok = {k: kl_lib.estimate(r["logprobs"], r["ref_logprobs"], k) * mask for k in kl_lib.ESTIMATORS}
+  if o.truncated == "mask":
+    mask = mask * ~r["truncated"][:, None]
+  grouped = scores.reshape(-1, o.group_size)
+  stats = {"reward_mean": scores.mean(), "reward_std": scores.std(),
+           "zero_spread_frac": (grouped.max(1) == grouped.min(1)).mean(),
+           "answer_len": r["mask"].sum(1).mean(), "truncated_frac": r["truncated"].mean(),
+           **{f"rollout_kl_{k}": v.sum() / jnp.maximum(mask.sum(), 1.0) for k, v in kl_tok.items()},
+           "rollout_kl_seq": kl_tok[o.kl_estimator].sum(1).mean(),
+           **{f"reward_{k}": v.mean() for k, v in parts.items()}}
+  batch = common.RolloutBatch(
+      tokens=r["tokens"][order], positions=r["positions"][order], segment_ids=r["segment_ids"][order],
+      mask=mask[order], old_logprobs=r["logprobs"][order], ref_logprobs=r["ref_logprobs"][order],
+      advantages=adv[order].astype(jnp.float32), returns=returns[order].astype(jnp.float32),
+      old_values=r["values"][order].astype(jnp.float32), kl_coef=jnp.full(order.shape, beta, jnp.float32),
+      fresh=(jnp.arange(order.shape[0]) < rows // o.minibatches).astype(jnp.float32))
+  return batch, stats
 
 
 class Rollout:
   """Makes step k's RolloutBatch from the current params. `o` is the policy-gradient objective's options."""
 
-  def __init__(self, model, tokenizer, task, score_fn, o, *, rows: int, seed: int, ptx=None):
+  def __init__(self, model, tokenizer, task, score_fn, o, *, rows: int, seed: int, mesh, ptx=None):
     self.model, self.tokenizer, self.task, self.score_fn, self.o = model, tokenizer, task, score_fn, o
-    self.rows, self.seed, self.ptx = rows, seed, ptx  # ptx: step -> pretraining rows, or None
+    self.rows, self.seed, self.mesh, self.ptx = rows, seed, mesh, ptx  # ptx: step -> pretraining rows, or None
     self.algorithm = algorithms.get(o.algorithm)
+    # Compiled once per run: sampling, scoring, and the rest (advantages, statistics, the minibatch order), each
+    # over rows sharded on the mesh's batch axes.
+    self._sample = jax.jit(functools.partial(sample_rows, model, o=o, eos_id=tokenizer.eos_id,
+                                             pad_id=tokenizer.pad_id, group=o.group_size))
+    self._score = jax.jit(functools.partial(score_rows, model, n=o.max_new_tokens, temperature=float(o.temperature),
+                                            value=o.value if self.algorithm.critic else "",
+                                            group=o.group_size if o.share_prompts else 1))
+    self._finish = jax.jit(functools.partial(finish, o=o, rows=rows),
+                           out_shardings=(sharding.batch_sharding(mesh), sharding.replicated(mesh)))
     self.updates = o.epochs * o.minibatches
     self.controller = kl_lib.Controller(o.kl_coef, o.kl_target, o.kl_horizon)
     self.kl_step = -1  # the last step whose KL moved the controller (a re-made rollout must not move it twice)
@@ -126,71 +206,51 @@ class Rollout:
                                ref_logprobs=row(n), advantages=row(n), returns=row(n), old_values=row(n),
                                kl_coef=row(), fresh=row(), ptx=ptx)
 
+  def _permutation(self, step: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s order of the rollout's rows; with share_prompts, of whole groups (they share a prompt)."""
+    rng = np.random.default_rng([self.seed, int(step), epoch])
+    if not self.o.share_prompts:
+      return rng.permutation(self.rows)
+    g = self.o.group_size
+    return (rng.permutation(self.rows // g)[:, None] * g + np.arange(g)).reshape(-1)
+
   def __call__(self, step: int, params) -> objective_lib.Batch:
-    o, g, rows, n_new = self.o, self.o.group_size, self.rows, self.o.max_new_tokens
+    o, g, rows = self.o, self.o.group_size, self.rows
+    # Host work that does not need the params first: it overlaps the update still running on the devices.
+    examples = self.task.examples("train", rows // g, seed=self.seed * 1_000_003 + int(step))
+    ids = [chat.prompt_ids(self.tokenizer, ex.prompt) for ex in examples]
+    local = range(*sharding.local_rows(rows).indices(rows))  # this process's rows: it samples and scores only these
+    width = max(self.prompt_len, *map(len, ids))  # the same on every process
+    prompts = sharding.global_batch(sampling.left_pad([ids[i // g] for i in local], self.tokenizer.pad_id, width),
+                                    self.mesh)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), 0x5EED), step)
+    order = np.concatenate([self._permutation(step, e) for e in range(o.epochs)])  # each epoch one permutation
     jax.block_until_ready(params)
     t0 = time.time()
     update_s = t0 - self.last_end if self.last_end is not None else 0.0
-    examples = self.task.examples("train", rows // g, seed=self.seed * 1_000_003 + int(step))
-    prompts = [chat.prompt_ids(self.tokenizer, ex.prompt) for ex in examples for _ in range(g)]
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), 0x5EED), step)
-    temperature = float(o.temperature)
-    r = sample(self.model, params, prompts, key, n_new, self.tokenizer, temperature, o.top_k, o.top_p,
-               prompt_len=self.prompt_len)
-    ref_logp, values = jax.device_get(_score_rows(self.model, params, self.reference_params(params), r["tokens"],
-                                                  r["positions"], r["segment_ids"], n=n_new, temperature=temperature,
-                                                  value=o.value if self.algorithm.critic else ""))
-    mask = r["mask"].astype(np.float32)
-
-    prompt_text = [ex.prompt for ex in examples for _ in range(g)]
-    scores, parts = self.score_fn(prompt_text, responses(self.tokenizer, r))
+    r = self._sample(params, *prompts, key)
+    r["ref_logprobs"], r["values"] = self._score(params, self.reference_params(params), r["tokens"],
+                                                 r["positions"], r["segment_ids"])
+    # Rewards are host code: each process scores its own rows (their tokens are all that leaves the devices).
+    texts = responses(self.tokenizer, {k: sharding.local_part(r[k]) for k in ("tokens", "mask")})
+    scores, parts = self.score_fn([examples[i // g].prompt for i in local], texts)
     if o.truncated == "penalty":
-      scores = np.where(r["truncated"], scores + o.truncated_penalty, scores).astype(np.float32)
-    kl_tok = {k: np.asarray(kl_lib.estimate(r["logprobs"], ref_logp, k)) * mask for k in kl_lib.ESTIMATORS}
-    kl_seq = kl_tok[o.kl_estimator].sum(1)
+      truncated = sharding.local_part(r["truncated"])
+      scores = np.where(truncated, scores + o.truncated_penalty, scores).astype(np.float32)
+    scores, parts = sharding.global_batch((scores, parts), self.mesh)
     beta = self.controller.coef
-    if self.algorithm.critic:
-      token_rewards = np.zeros_like(mask)
-      last = np.maximum(mask.sum(1).astype(int) - 1, 0)
-      token_rewards[np.arange(rows), last] = scores
-      if o.kl_in == "reward":
-        token_rewards -= beta * kl_tok[o.kl_estimator]
-      adv, returns = adv_lib.gae(jnp.asarray(token_rewards), jnp.asarray(values), jnp.asarray(mask), o.gamma, o.lam)
-      if o.whiten:
-        adv = adv_lib.whiten(adv, jnp.asarray(mask))
-      adv, returns = np.asarray(adv), np.asarray(returns)
-    else:
-      seq = scores - beta * kl_seq if o.kl_in == "reward" else scores
-      adv = np.asarray(algorithms.sequence_advantages(jnp.asarray(seq.reshape(-1, g)), o)).reshape(-1)[:, None] * mask
-      returns = np.zeros_like(mask)
-    if o.truncated == "mask":
-      mask = mask * ~r["truncated"][:, None]
-
+    adv, returns = advantages(r, scores, beta, o=o, rows=rows)
+    batch, stats = self._finish(r, scores, parts, adv, returns, *sharding.replicate((np.float32(beta), order),
+                                                                                     self.mesh))
+    stats = {k: float(v) for k, v in jax.device_get(stats).items()}
     # Adaptive KL: measured on this rollout, used from the next one on. The controller advances by the number
     # of samples, as TRL and OpenRLHF count it, so kl_horizon is in samples.
     if self.kl_step < step:
-      self.controller.update(float(kl_seq.mean()), rows)
+      self.controller.update(stats["rollout_kl_seq"], rows)
       self.kl_step = int(step)
-
-    grouped = scores.reshape(-1, g)
-    stats = {"reward_mean": scores.mean(), "reward_std": scores.std(),
-             "zero_spread_frac": (grouped.max(1) == grouped.min(1)).mean(),
-             "answer_len": r["mask"].sum(1).mean(), "truncated_frac": r["truncated"].mean(),
-             **{f"rollout_kl_{k}": v.sum() / max(mask.sum(), 1.0) for k, v in kl_tok.items()},
-             "rollout_kl_seq": kl_seq.mean(), "kl_coef": beta, **{f"reward_{k}": v.mean() for k, v in parts.items()}}
-    # epochs x minibatches: each epoch one permutation of the rollout; the first slice is exactly on-policy
-    order = np.concatenate([np.random.default_rng([self.seed, int(step), e]).permutation(rows)
-                            for e in range(o.epochs)])
-    local = sharding.local_rows(len(order))
-    pick = lambda x: np.asarray(x)[order][local]
-    batch = common.RolloutBatch(
-        tokens=pick(r["tokens"]), positions=pick(r["positions"]), segment_ids=pick(r["segment_ids"]),
-        mask=pick(mask), old_logprobs=pick(r["logprobs"]), ref_logprobs=pick(ref_logp),
-        advantages=pick(adv.astype(np.float32)), returns=pick(returns.astype(np.float32)),
-        old_values=pick(values.astype(np.float32)), kl_coef=np.full((len(order),), beta, np.float32)[local],
-        fresh=(np.arange(len(order)) < rows // o.minibatches).astype(np.float32)[local],
-        ptx=self.ptx(step) if self.ptx is not None else None)
-    self._warn_if_no_signal(step, float(stats["zero_spread_frac"]), float(stats["reward_mean"]))
+    if self.ptx is not None:
+      batch = batch.replace(ptx=self.ptx(step))
+    self._warn_if_no_signal(step, stats["zero_spread_frac"], stats["reward_mean"])
     self.last_end = time.time()
-    stats.update(time_rollout_s=self.last_end - t0, time_update_s=update_s)
-    return objective_lib.Batch(batch, {k: float(v) for k, v in stats.items()})
+    stats.update(kl_coef=beta, time_rollout_s=self.last_end - t0, time_update_s=update_s)
+    return objective_lib.Batch(batch, stats)

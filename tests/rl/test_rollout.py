@@ -66,6 +66,26 @@ def test_ratio_is_exactly_one_on_first_on_policy_update(algorithm, request):
     assert abs(float(m["ratio_max"]) - 1) < 1e-4 and abs(float(m["ratio_min"]) - 1) < 1e-4
 
 
+def test_shared_prompts_keep_groups_whole_and_the_loss(grpo):
+  """share_prompts: minibatch slices hold whole groups, the ratio is exactly 1 on the first update, and the loss
+  and its gradient equal the full forward's on the same rows."""
+  setup, obj, params = build("grpo", share_prompts=True, minibatches=2)
+  g = obj.batches.o.group_size
+  with setup.use():
+    batch = obj.batches(0, params).rows
+    groups = np.asarray(batch.tokens).reshape(-1, g, batch.tokens.shape[1])[:, :, :-obj.batches.o.max_new_tokens]
+    assert (groups == groups[:, :1]).all()  # each run of G rows shares one prompt
+    first = _first_slice(batch, obj)
+    shared = jax.jit(jax.value_and_grad(obj.loss_fn, has_aux=True))
+    full = jax.jit(jax.value_and_grad(build("grpo", minibatches=2)[1].loss_fn, has_aux=True))
+    (l1, m1), g1 = shared(params, first, None)
+    (l2, _), g2 = full(params, first, None)
+  assert float(m1["ratio_max"]) == 1.0 and float(m1["ratio_min"]) == 1.0
+  np.testing.assert_allclose(float(l1), float(l2), rtol=1e-5, atol=1e-7)
+  for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
 def test_tokens_after_eos_get_no_gradient(grpo):
   setup, obj, params, batch = grpo
   with setup.use():
