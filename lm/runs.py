@@ -18,12 +18,12 @@ def load_config(run_dir: str) -> ml_collections.ConfigDict:
     raise UserError(f"cannot read {path}: {e}") from None
 
 
-def load(run_dir: str, mesh_overrides: dict | None = None, step: int | None = None):
+def load(run_dir: str, mesh_overrides: dict | None = None, step: int | None = None, heads: tuple = ()):
   """(Setup, params) of a run (its newest readable checkpoint, or `step`), on the current devices (data-parallel
-  mesh unless overridden)."""
+  mesh unless overridden): the model alone, or with the scalar heads named in `heads` (e.g. "reward_head")."""
   from lm.setup import Setup
   config = load_config(run_dir)
   config.mesh.update(data=-1, fsdp=1, tensor=1, num_devices=0, **(mesh_overrides or {}))
   setup = Setup(config)
   with setup.use():
-    return setup, setup.load_params(run_dir, step=step, drop_heads=True)  # the model alone, without value heads
+    return setup, setup.load_params(run_dir, step=step, drop_heads=True, heads=heads)  # other heads left out

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from lm import checkpoint as ckpt_lib
 from lm import config as config_lib
+from lm import heads as heads_lib
 from lm import model as model_lib
 from lm import sharding
 from lm import tokenizer as tokenizer_lib
@@ -49,12 +50,15 @@ class Setup:
   def init_params(self, rng):
     return jax.jit(lambda r: nn.unbox(self._init(r)), out_shardings=self.param_shardings())(rng)
 
-  def load_params(self, path, rng=None, fresh: str = "", drop: str = "", step=None, drop_heads: bool = False):
+  def load_params(self, path, rng=None, fresh: str = "", drop: str = "", step=None, drop_heads: bool = False,
+                  heads: tuple = ()):
     """Params from the newest readable checkpoint under `path` (a run or checkpoint directory), in this model's
     layout. `fresh` globs name params initialised fresh (from `rng`) instead, `drop` globs checkpoint params
-    this model may leave unused (checkpoint.init_fresh / init_drop); anything else that differs is an error."""
-    loaded, fresh = ckpt_lib.load_params(path, self.abstract_params(sharded=True), fresh=fresh, drop=drop, step=step,
-                                         drop_heads=drop_heads)
+    this model may leave unused (checkpoint.init_fresh / init_drop); anything else that differs is an error.
+    `heads`: scalar heads (lm/heads.py) to load beside the model, e.g. ("reward_head",)."""
+    abstract = {**self.abstract_params(sharded=True),
+                **{name: heads_lib.abstract(self.model.cfg.d_model, self.mesh) for name in heads}}
+    loaded, fresh = ckpt_lib.load_params(path, abstract, fresh=fresh, drop=drop, step=step, drop_heads=drop_heads)
     if not fresh:
       return loaded
     new = self.init_params(jax.random.PRNGKey(0) if rng is None else rng)

@@ -10,6 +10,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from lm import heads
+
 
 @flax.struct.dataclass
 class RolloutBatch:
@@ -53,4 +55,4 @@ def values(model, params, tokens, positions, segment_ids, hidden, *, value: str,
     head = params["critic"]["head"]
   else:
     head = params["value_head"]
-  return hidden.astype(jnp.float32) @ head["kernel"] + head["bias"]
+  return heads.apply(head, hidden)

@@ -82,7 +82,7 @@ class Rollout:
 
   def set_reference(self, params):
     """Keep a frozen copy of the starting params in buffers of its own (the train step donates the policy's)."""
-    self.reference = jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), params)
+    self.reference = sharding.frozen_copy(params)
 
   def state_dict(self) -> dict:
     return {"kl_coef": self.controller.coef, "kl_coef_step": self.kl_step}
