@@ -13,7 +13,7 @@ from lm.errors import UserError
 
 
 def build(config, tokenizer, task):
-  del task
+  del tokenizer, task  # the reward model's own tokenizer reads the text
   run_dir = config.objective.reward_args.get("reward_model", "")
   if not run_dir:
     raise UserError("reward 'reward_model' needs objective.reward_args.reward_model: the directory of a reward-model "
@@ -27,7 +27,7 @@ def build(config, tokenizer, task):
   length = rm_config.objective.get("max_tokens", 0) or rm_config.model.max_len
 
   def score(prompts, responses):
-    rows = preferences.answer_rows(tokenizer, prompts, responses, length)
+    rows = preferences.answer_rows(setup.tokenizer, prompts, responses, length)
     with setup.use():
       return pairwise.eval_scores(setup, pairwise.jit_rewards, params, rows)[:, 0]
 
