@@ -19,9 +19,6 @@ from tests.conftest import one_line_error, snapshot
 
 TOKEN = "s3cret-token"
 SCRIPT = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">"
-BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--window-size=1000,640")
 
 
 def stub_pairs():
@@ -49,18 +46,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-  if not (shutil.which("chromium") and shutil.which("chromedriver")):
-    pytest.fail("chromium and chromedriver are missing: apt-get install chromium chromium-driver (.ci/run does)")
-  from selenium import webdriver
-  from selenium.webdriver.chrome.service import Service
-  options = webdriver.ChromeOptions()
-  options.binary_location = shutil.which("chromium")
-  for flag in BROWSER_FLAGS:
-    options.add_argument(flag)
+  from lm.annotate import headless
   profile = tempfile.mkdtemp(prefix="chromium-profile-")
-  options.add_argument(f"--user-data-dir={profile}")
-  driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-  driver.set_page_load_timeout(30)
+  driver = headless.chromium(profile)
   yield driver
   driver.quit()
   shutil.rmtree(profile, ignore_errors=True)

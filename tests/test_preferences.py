@@ -142,29 +142,33 @@ def test_learned_reward_scores_in_batches_as_the_model_does(trained_rm):
   assert parts["reward_model"][0] > parts["reward_model"][3]  # what it learned: short beats long
 
 
-def test_policy_gradient_against_the_learned_reward(trained_rm, tmp_path):
+def test_policy_gradient_rollouts_score_with_the_learned_reward(trained_rm):
   from lm import objectives
-  from lm import train
+  from lm.setup import Setup
   from tests.conftest import tiny_config
   run_dir, _ = trained_rm
-  config = tiny_config(**{"train.steps": 2, "train.batch_size": 8, "eval.every": 2, "checkpoint.every": 2})
+  config = tiny_config(**{"train.batch_size": 8})
   config.objective = objectives.config(
       "policy_gradient", task="addition", task_options={"digits": 2}, rewards="reward_model:1.0,simulated:0",
-      reward_args={"reward_model": str(run_dir)}, group_size=4, max_new_tokens=6, eval_examples=4, pass_n=0)
-  train.run(config, str(tmp_path / "pg"))
-  events = [json.loads(line) for line in open(tmp_path / "pg" / "metrics.jsonl")]
-  step = [e for e in events if e["split"] == "train"][-1]
-  assert step["reward_mean"] == pytest.approx(step["reward_reward_model"], rel=1e-5)
-  assert "reward_simulated" in step
+      reward_args={"reward_model": str(run_dir)}, group_size=4, max_new_tokens=6)
+  setup = Setup(config)
+  with setup.use():
+    objective = objectives.build(setup)
+    params = setup.init_params(jax.random.PRNGKey(0))
+    objective.on_start(params)
+    stats = objective.batches(0, params).stats
+  assert stats["reward_mean"] == pytest.approx(stats["reward_reward_model"], rel=1e-5)  # the learned reward counts
+  assert stats["reward_simulated"] < 0  # the hidden utility is logged beside it (random answers: no credit)
 
 
-def test_reward_model_run_is_required(tmp_path, finished_run):
+def test_reward_model_run_is_required(tmp_path):
   from lm import rewards
   from tests.conftest import tiny_config
   config = tiny_config()
   config.objective = {"rewards": "reward_model:1.0", "reward_args": {}}
   with pytest.raises(UserError, match="needs objective.reward_args.reward_model"):
     rewards.build(config, None, None)
-  config.objective.reward_args = {"reward_model": str(finished_run)}
+  (tmp_path / "config.json").write_text(json.dumps({"objective": {"name": "pretrain"}}))
+  config.objective.reward_args = {"reward_model": str(tmp_path)}
   with pytest.raises(UserError, match="is a 'pretrain' run, not a reward model"):
     rewards.build(config, None, None)
