@@ -17,7 +17,7 @@ def get_config():
   c.objective = objectives.config("dpo", beta=0.1, loss="sigmoid", win_prompts=500, win_temperature=1.0,
                                   **reward_model.pairs())
   c.checkpoint.init_from = "runs/sft_addition_mix"
-  c.train.update(steps=300, batch_size=32, lr=2e-5, min_lr=2e-5, warmup_steps=20, schedule="constant",
+  c.train.update(steps=300, batch_size=32, lr=5e-5, min_lr=5e-5, warmup_steps=20, schedule="constant",
                  weight_decay=0.0, log_every=20)
   c.eval.update(every=100, sample_tokens=0)
   c.checkpoint.update(every=100, keep=2)

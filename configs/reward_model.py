@@ -2,7 +2,7 @@
 (the policy-gradient task, configs/pg_addition.py), judged by lm/simulated_annotator.py, from that SFT run:
 
 python launch.py --config=configs/reward_model.py --workdir=runs/reward_model
-python launch.py --config=configs/reward_model.py --workdir=runs/rm_noisy --config.objective.noise=0.5
+python launch.py --config=configs/reward_model.py --workdir=runs/rm_noisy --config.objective.noise=0.2
 python launch.py --config=configs/reward_model.py --workdir=runs/rm_people \
   --config.objective.task= --config.objective.train_files=prefs.jsonl   # pairs people judged (python -m lm.annotate)
 

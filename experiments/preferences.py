@@ -1,6 +1,6 @@
 """Learning from preferences, end to end, with a simulated annotator whose noise is the swept dial:
 pretraining (configs/pretrain_shakespeare.py) -> SFT on addition (configs/sft_addition.py) -> pairs of answers the
-SFT model samples to 4-digit addition problems, judged by lm/simulated_annotator.py at noise 0 and 0.5 ->
+SFT model samples to 4-digit addition problems, judged by lm/simulated_annotator.py at noise 0 and 0.2 ->
   a reward model on them (configs/reward_model.py)  -> GRPO against it (configs/pg_reward_model.py)
   DPO on the same pairs (configs/dpo.py)
 Measured per noise level: the reward model's held-out pairwise accuracy (against the noisy labels, and against the
@@ -32,7 +32,7 @@ SCALES = {
                   dpo={"train.steps": 4, "eval.every": 2, "checkpoint.every": 4, "objective.pairs": 32,
                        "objective.eval_pairs": 16, "train.batch_size": 8, "objective.win_prompts": 8}),
 }
-NOISE = (0.0, 0.5)
+NOISE = (0.0, 0.2)
 
 
 def sweep(scale: str) -> Sweep:
@@ -70,14 +70,14 @@ def measure_trial(dirs: dict, n_prompts: int) -> dict:
   task = tasks.get(config.objective.task, **config.objective.task_options)
   annotator = simulated_annotator.Annotator(task, style_weight=config.objective.style_weight)
   prompts = [ex.prompt for ex in task.examples("test", n_prompts, seed=0)]
-  key = jax.random.PRNGKey(1234)
+  key, n_new = jax.random.PRNGKey(1234), config.objective.max_new_tokens
   out, answers = {}, {}
   for stage in ("sft", "pg", "dpo"):
     setup, params = runs.load(dirs[stage])
     with setup.use():
       for t, name in ((1.0, "sampled"), (0.0, "greedy")):
         answers[stage, name] = simulated_annotator.answers(setup.model, params, setup.tokenizer, prompts, key,
-                                                           temperature=t, max_new_tokens=config.objective.max_new_tokens)
+                                                           temperature=t, max_new_tokens=n_new)
     for name, prefix in (("sampled", ""), ("greedy", "greedy_")):
       r = simulated_annotator.compare(annotator, prompts, answers[stage, name], answers["sft", name])
       out.update({f"{stage}.{prefix}{k}": v for k, v in r.items() if k != "start_utility"})

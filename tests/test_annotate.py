@@ -213,8 +213,8 @@ def test_serve_refuses_bad_input_without_touching_the_database(tmp_path, capsys,
   kept = snapshot(tmp_path / "db")
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("1+1=\n" + "x" * 40 + "\n")
-  r = annotate(capsys, "serve", f"--checkpoint={finished_run}", f"--prompts={prompts}", f"--db={db}", "--max_new_tokens=8",
-               "--port=0")
+  r = annotate(capsys, "serve", f"--checkpoint={finished_run}", f"--prompts={prompts}", f"--db={db}",
+               "--max_new_tokens=8", "--port=0")
   one_line_error(r, f"{prompts}:2", "exceeds the model's context")
   bad_db = tmp_path / "notes.db"
   bad_db.write_text("not a database\n" * 100)

@@ -102,7 +102,8 @@ def export(db_path: str, out_path: str) -> dict:
       lines.append(preferences.to_line(prompt, chosen, rejected, annotator))
   if not lines:
     raise UserError(f"{db_path} holds {len(rows)} judgements ({ties} ties, {same} with identical answers) and no "
-                    f"preference to export; judge some pairs first (python -m lm.annotate serve); {out_path} not written")
+                    "preference to export; judge some pairs first (python -m lm.annotate serve); "
+                    f"{out_path} not written")
   tmp = f"{out_path}.tmp"
   try:
     with open(tmp, "w", encoding="utf-8") as f:

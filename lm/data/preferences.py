@@ -219,11 +219,11 @@ class Pairs:
         from lm import simulated_annotator
         from lm import tasks
         annotator = simulated_annotator.Annotator(tasks.get(o.task, **o.task_options), style_weight=o.style_weight)
-        self.eval_utility = np.asarray([[annotator.utility(held[i]["prompt"], held[i][s]) for s in SIDES]
-                                        for i in index], np.float32)
-        differ = self.eval_utility[:, 0] != self.eval_utility[:, 1]
-        # how often the (noisy) labels agree with the utility's order: the best a model of the labels can score
-        self.counts["eval_label_agreement"] = float((self.eval_utility[differ, 0] > self.eval_utility[differ, 1]).mean())
+        u = np.asarray([[annotator.utility(held[i]["prompt"], held[i][s]) for s in SIDES] for i in index],
+                       np.float32)
+        # how often the (noisy) labels follow the utility's order: the pair accuracy of the true utility itself
+        self.counts["eval_label_agreement"] = float((u[:, 0] > u[:, 1])[u[:, 0] != u[:, 1]].mean())
+        self.eval_utility = u
     if self.extra is not None:
       train = self.extra(train, params)
       self.eval_rows = self.extra(self.eval_rows, params) if self.eval_rows is not None else None
