@@ -35,9 +35,10 @@ def hf_config(directory: str) -> ml_collections.ConfigDict:
   return c
 
 
-def load(run_dir: str, mesh_overrides: dict | None = None, step: int | None = None):
+def load(run_dir: str, mesh_overrides: dict | None = None, step: int | None = None, heads: tuple = ()):
   """(Setup, params) of a run (its newest readable checkpoint, or `step`) or of a Hugging Face model directory, on
-  the current devices (data-parallel mesh unless overridden)."""
+  the current devices (data-parallel mesh unless overridden): the model alone, or with the scalar heads named in
+  `heads` (e.g. "reward_head")."""
   from lm.hf import load as hf_load
   from lm.setup import Setup
   config = load_config(run_dir)
@@ -47,4 +48,4 @@ def load(run_dir: str, mesh_overrides: dict | None = None, step: int | None = No
     if hf_load.is_hf_dir(run_dir):
       import jax
       return setup, setup.init_from(run_dir, jax.random.PRNGKey(0))
-    return setup, setup.load_params(run_dir, step=step, drop_heads=True)  # the model alone, without value heads
+    return setup, setup.load_params(run_dir, step=step, drop_heads=True, heads=heads)  # other heads left out

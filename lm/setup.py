@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from lm import checkpoint as ckpt_lib
 from lm import config as config_lib
+from lm import heads as heads_lib
 from lm import layer_layout
 from lm import lora as lora_lib
 from lm import model as model_lib
@@ -103,13 +104,16 @@ class Setup:
   def init_params(self, rng):
     return jax.jit(self._fresh, out_shardings=self.param_shardings())(rng)
 
-  def load_params(self, path, rng=None, fresh: str = "", drop: str = "", step=None, drop_heads: bool = False):
+  def load_params(self, path, rng=None, fresh: str = "", drop: str = "", step=None, drop_heads: bool = False,
+                  heads: tuple = ()):
     """Params from the newest readable checkpoint under `path` (a run or checkpoint directory) in this run's layout
     (a LoRA run's own checkpoints hold base and adapters). `fresh` globs name params initialised fresh (from
     `rng`) instead, `drop` globs checkpoint params this model may leave unused (checkpoint.init_fresh /
-    init_drop); anything else that differs is an error."""
-    loaded, fresh = ckpt_lib.load_params(path, self.abstract_params(sharded=True), fresh=fresh, drop=drop, step=step,
-                                         drop_heads=drop_heads)
+    init_drop); anything else that differs is an error. `heads`: scalar heads (lm/heads.py) to load beside the
+    model, e.g. ("reward_head",)."""
+    abstract = {**self.abstract_params(sharded=True),
+                **{name: heads_lib.abstract(self.base_model.cfg.d_model, self.mesh) for name in heads}}
+    loaded, fresh = ckpt_lib.load_params(path, abstract, fresh=fresh, drop=drop, step=step, drop_heads=drop_heads)
     return self._with_fresh(loaded, fresh, rng, self.init_params)
 
   def init_from(self, path, rng, fresh: str = "", drop: str = ""):

@@ -120,6 +120,13 @@ def batch_divisor(mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def frozen_copy(params):
+  """params in buffers of their own, with the same shardings: a copy the train step's donation cannot free (a
+  frozen reference policy, a critic's starting trunk)."""
+  return jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False) if isinstance(x, jax.Array) else x,
+                      params)
+
+
 def global_batch(local, mesh):
   """Process-local numpy rows (any pytree of arrays with rows first) -> global jax.Arrays sharded over
   (data, fsdp). Leaves that already are such global arrays (a rollout made on the devices) pass through."""

@@ -84,11 +84,18 @@ def choice(*values) -> Dist:
 class Stage:
   """One run of a trial: `python launch.py --config=<config> --workdir=... --config.<k>=<v> ...`.
 
-  init_from names an earlier stage whose params this one starts from (checkpoint.init_from)."""
+  init_from names an earlier stage whose params this one starts from (checkpoint.init_from); links sets other
+  config keys to earlier stages' run directories, e.g. {"objective.reward_args.reward_model": "rm"}."""
   name: str
   config: str
   overrides: dict = dataclasses.field(default_factory=dict)
   init_from: str = ""
+  links: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def upstream(self) -> dict:
+    """{config key: earlier stage} of every run directory this stage reads."""
+    return {**({"checkpoint.init_from": self.init_from} if self.init_from else {}), **self.links}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +117,8 @@ class Sweep:
   def definition(self) -> dict:
     """What identifies the sweep's trials (for "the sweep file changed since its trials were made")."""
     enc = lambda v: {"grid": list(v.values)} if isinstance(v, Grid) else {v.kind: list(v.args)}
-    return {"stages": [dataclasses.asdict(s) for s in self.stages], "space": {k: enc(v) for k, v in self.space.items()},
+    stage = lambda s: {k: v for k, v in dataclasses.asdict(s).items() if k != "links" or v}  # as before links
+    return {"stages": [stage(s) for s in self.stages], "space": {k: enc(v) for k, v in self.space.items()},
             "metric": self.metric, "direction": self.direction, "seeds": list(self.seeds), "sampler": self.sampler,
             "n_trials": self.n_trials}
 
@@ -199,8 +207,9 @@ def check(sw: Sweep):
   for s in sw.stages:
     if not os.path.isfile(os.path.join(ROOT, s.config)):
       raise UserError(f"sweep {sw.name}: stage {s.name}: config {s.config!r} does not exist")
-    if s.init_from and s.init_from not in names[:names.index(s.name)]:
-      raise UserError(f"sweep {sw.name}: stage {s.name}: init_from={s.init_from!r} must name an earlier stage")
+    for key, up in s.upstream.items():
+      if up not in names[:names.index(s.name)]:
+        raise UserError(f"sweep {sw.name}: stage {s.name}: {key}={up!r} must name an earlier stage")
     configs[s.name] = _config(s.config)
   for s in sw.stages:
     for key in s.overrides:
@@ -264,11 +273,14 @@ def stage_dirs(sw: Sweep, root: str, overrides: dict) -> dict:
     key = dict(overrides[s.name])
     if s.init_from:
       key["__from"] = keys[s.init_from]
+    if s.links:
+      key["__links"] = {k: keys[up] for k, up in s.links.items()}
     keys[s.name] = json.dumps(key, sort_keys=True, default=str)
     shown = {k: v for k, v in overrides[s.name].items() if k not in s.overrides or k == "seed"}
     name = slug(shown)
-    if s.init_from:
-      name = f"{name}-from-{hashlib.sha1(keys[s.init_from].encode()).hexdigest()[:8]}"
+    if s.init_from or s.links:
+      ups = keys[s.init_from] if not s.links else json.dumps([key.get("__from"), key["__links"]], sort_keys=True)
+      name = f"{name}-from-{hashlib.sha1(ups.encode()).hexdigest()[:8]}"
     dirs[s.name] = os.path.join(root, "runs", s.name, name)
   return dirs
 
@@ -283,8 +295,8 @@ def stage_command(sw: Sweep, stage: Stage, overrides: dict, dirs: dict) -> list:
   cmd = [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={os.path.join(ROOT, stage.config)}",
          f"--workdir={dirs[stage.name]}"]
   o = dict(overrides[stage.name])
-  if stage.init_from:
-    o["checkpoint.init_from"] = dirs[stage.init_from]
+  for key, up in stage.upstream.items():
+    o[key] = dirs[up]
   return cmd + [_flag(k, v) for k, v in o.items()]
 
 

@@ -20,3 +20,15 @@ def test_policy_gradient_plans_compile_the_rollout_batch_and_ppo_value_head():
   assert grpo["params"] == base
   assert ppo["params"] == base + 32 + 1  # the value head: a d_model kernel and a bias
   assert ppo["compile_s"] > 0 and grpo["temp_bytes_per_device"] > 0
+
+
+def test_preference_plans_compile_pair_batches_and_the_reward_head():
+  from lm import objectives
+  base = dry_run.plan(tiny_config())["params"]
+  plans = {}
+  for name in ("reward_model", "dpo"):
+    config = tiny_config()
+    config.objective = objectives.config(name, train_files="unread.jsonl", max_tokens=24)
+    plans[name] = dry_run.plan(config)
+  assert plans["reward_model"]["params"] == base + 32 + 1  # the reward head: a d_model kernel and a bias
+  assert plans["dpo"]["params"] == base and plans["dpo"]["temp_bytes_per_device"] > 0

@@ -33,14 +33,20 @@ def files(spec: str) -> list:
   return sorted(os.path.abspath(p) for p in found)
 
 
-def parse_line(line: str, where: str) -> dict:
-  """One line -> {"prompt", "answer", "messages"} (the unused form empty); UserError naming `where` if malformed."""
+def load_object(line: str, where: str, what: str) -> dict:
+  """One line -> its JSON object; UserError naming `where` and `what` the object should hold otherwise."""
   try:
     obj = json.loads(line)
   except json.JSONDecodeError as e:
     raise UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
   if not isinstance(obj, dict):
-    raise UserError(f"{where}: expected a JSON object with prompt/answer or messages, got {type(obj).__name__}")
+    raise UserError(f"{where}: expected a JSON object with {what}, got {type(obj).__name__}")
+  return obj
+
+
+def parse_line(line: str, where: str) -> dict:
+  """One line -> {"prompt", "answer", "messages"} (the unused form empty); UserError naming `where` if malformed."""
+  obj = load_object(line, where, "prompt/answer or messages")
   if "messages" in obj:
     msgs = obj["messages"]
     if not isinstance(msgs, list) or not msgs:
@@ -59,8 +65,8 @@ def parse_line(line: str, where: str) -> dict:
   return {"prompt": obj["prompt"], "answer": obj["answer"], "messages": []}
 
 
-def read(path: str):
-  """Yield (where, record) for every non-blank line of a JSONL file."""
+def read(path: str, parse=parse_line):
+  """Yield (where, parse(line, where)) for every non-blank line of a JSONL file."""
   try:
     f = open(path, encoding="utf-8")
   except OSError as e:
@@ -71,15 +77,17 @@ def read(path: str):
       for lineno, line in enumerate(f, 1):
         if line.strip():
           where = f"{path}:{lineno}"
-          yield where, parse_line(line, where)
+          yield where, parse(line, where)
     except UnicodeDecodeError:
       raise UserError(f"{path}:{lineno + 1}: not UTF-8 text; convert the file (e.g. iconv -t utf-8)") from None
 
 
 class JsonlFiles(tfds.core.GeneratorBasedBuilder):
-  """Splits are given as {split: [paths]}; each record keeps `where` (file:line) for error messages."""
+  """Splits are given as {split: [paths]}; each record keeps `where` (file:line) for error messages.
+  Another JSONL format subclasses it with its own `parse` and `_info` (lm/data/preferences.py)."""
 
   VERSION = tfds.core.Version("1.0.0")
+  parse = staticmethod(parse_line)
 
   def __init__(self, *, split_files: dict, **kwargs):
     self._split_files = split_files
@@ -96,24 +104,29 @@ class JsonlFiles(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, paths):
     for path in paths:
-      for where, record in read(path):
+      for where, record in read(path, self.parse):
         yield where, {**record, "where": where}
 
 
-def source(split_files: dict, tfds_dir: str) -> dict:
+def source(split_files: dict, tfds_dir: str, builder_cls=JsonlFiles) -> dict:
   """{split: [paths]} -> {split: random-access source of records}; UserError for a malformed line or empty split."""
   # Check every line before TFDS starts writing, so a bad line is one clear error, not a failed Beam-like job.
   for split, paths in split_files.items():
-    if not sum(1 for p in paths for _ in read(p)):
+    if not sum(1 for p in paths for _ in read(p, builder_cls.parse)):
       raise UserError(f"JSONL {split} data {', '.join(paths)} holds no examples")
-  builder = sources.local_builder(JsonlFiles, "jsonl_files", split_files, os.path.expanduser(tfds_dir),
+  builder = sources.local_builder(builder_cls, builder_cls.name, split_files, os.path.expanduser(tfds_dir),
                                   split_files=split_files)
   return {split: sources.data_source(builder, split) for split in split_files}
 
 
+def text(v) -> str:
+  """A TFDS Text feature as read back (bytes) -> str."""
+  return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
 def record(ex) -> dict:
   """A decoded TFDS example -> plain {"prompt", "answer", "messages", "where"} with str values."""
-  s = lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v)
+  s = text
   msgs = ex["messages"]
   messages = [{"role": s(r), "content": s(c)} for r, c in zip(msgs["role"], msgs["content"])]
   return {"prompt": s(ex["prompt"]), "answer": s(ex["answer"]), "messages": messages, "where": s(ex["where"])}

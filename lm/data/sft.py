@@ -111,10 +111,11 @@ def pack(examples, seq_len: int) -> dict:
 
 
 class PackedBatches:
-  """step -> this process's rows of global batch `step`, from fixed packed rows reshuffled every epoch."""
+  """step -> this process's rows of global batch `step`, from fixed rows (any dict of arrays with rows first:
+  packed SFT rows, preference pairs) reshuffled every epoch."""
 
   def __init__(self, rows: dict, global_batch: int, seed: int):
-    n = len(rows["inputs"])
+    n = len(next(iter(rows.values())))
     if n < global_batch:
       log.info("only %d packed rows for a batch of %d: rows repeat within a batch", n, global_batch)
     self.rows, self.local = rows, sharding.local_rows(global_batch)
@@ -130,8 +131,8 @@ class PackedBatches:
 
 
 def eval_batches(rows: dict, global_batch: int):
-  """Every packed row once, in order; the last batch padded with empty rows (weight 0)."""
-  n = len(rows["inputs"])
+  """Every row once, in order; the last batch padded with empty rows (weight 0)."""
+  n = len(next(iter(rows.values())))
   local = sharding.local_rows(global_batch)
   for start in range(0, n, global_batch):
     batch = {}

@@ -10,9 +10,9 @@ import functools
 import logging
 
 import jax
-import jax.numpy as jnp
 
 from lm import evaluate
+from lm import heads
 from lm import objective as objective_lib
 from lm import rewards as rewards_lib
 from lm import sharding
@@ -139,13 +139,7 @@ def build(setup) -> objective_lib.Objective:
 
 def value_params(rng, params, *, model, value: str):
   """PPO's value head (on the policy trunk) or a separate critic (a copy of the trunk with its own head)."""
-  head = {"kernel": jax.random.normal(rng, (model.cfg.d_model,)) * 0.02, "bias": jnp.zeros(())}
-  leaf = jax.tree.leaves(params)[0]
-  if isinstance(getattr(leaf, "sharding", None), jax.sharding.NamedSharding):
-    head = jax.tree.map(lambda x: jax.device_put(x, sharding.replicated(leaf.sharding.mesh)), head)
-  head = jax.tree.map(lambda x: x.astype(jnp.float32), head)
+  head = heads.init(rng, params, model.cfg.d_model)
   if value == "head":
     return {**params, "value_head": head}
-  trunk = jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False)
-                       if isinstance(x, jax.Array) else x, params)
-  return {**params, "critic": {"trunk": trunk, "head": head}}
+  return {**params, "critic": {"trunk": sharding.frozen_copy(params), "head": head}}

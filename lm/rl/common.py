@@ -10,6 +10,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from lm import heads
 from lm import model as model_lib
 
 
@@ -69,4 +70,4 @@ def values(model, params, tokens, positions, segment_ids, hidden, *, value: str,
     head = params["critic"]["head"]
   else:
     head = params["value_head"]
-  return hidden.astype(jnp.float32) @ head["kernel"] + head["bias"]
+  return heads.apply(head, hidden)

@@ -166,7 +166,7 @@ class Rollout:
     With LoRA adapters the reference is the base they sit on (`reference_params`), never a second copy."""
     if lora.has_adapters(params):
       return
-    self.reference = jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), params)
+    self.reference = sharding.frozen_copy(params)
 
   def reference_params(self, params):
     return lora.without_adapters(params) if self.reference is None else self.reference
