@@ -5,7 +5,6 @@ has segment id 0 and is never attended to. Returned log-probs are log softmax(lo
 chosen token (log softmax(logits) when greedy), before any top-k/top-p truncation: the policy's own
 log-probability, which teacher forcing of the same tokens reproduces.
 """
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -1,9 +1,7 @@
 """The optimizers of lm/optim.py against NumPy: Muon (Newton-Schulz orthogonalisation, momentum, scales) for
 the blocks' matrices, AdamW for the rest."""
 import jax
-import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from lm import optim
 

@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import logging
 
-import jax
 
 from lm import evaluate
 from lm import heads
