@@ -172,3 +172,29 @@ def test_reward_model_run_is_required(tmp_path):
   config.objective.reward_args = {"reward_model": str(tmp_path)}
   with pytest.raises(UserError, match="is a 'pretrain' run, not a reward model"):
     rewards.build(config, None, None)
+
+
+def test_a_lora_reward_model_scores_with_its_adapters(tmp_path, shakespeare):
+  """A reward model trained as LoRA adapters + head loads as a reward with all three (base, adapters, head)."""
+  from lm import chat
+  from lm import lora
+  from lm import objectives
+  from lm import rewards
+  from lm import runs
+  from lm import train
+  from tests.conftest import tiny_config
+  path = write_pairs(tmp_path / "train.jsonl", synthetic_pairs(32, 0))
+  config = tiny_config(**{"train.steps": 2, "train.batch_size": 8, "train.lr": 1e-2, "eval.every": 2,
+                          "checkpoint.every": 2, "lora.rank": 4, "lora.targets": "all"})
+  config.objective = objectives.config("reward_model", train_files=path, max_tokens=20)
+  train.run(config, str(tmp_path / "run"))
+  config.objective = {"rewards": "reward_model:1.0", "reward_args": {"reward_model": str(tmp_path / "run")}}
+  got = rewards.build(config, None, None)(["12+34="], ["46"])[1]["reward_model"][0]
+  setup, params = runs.load(str(tmp_path / "run"), heads=("reward_head",))
+  assert sorted(params) == ["base", "lora", "reward_head"]
+  ids = np.concatenate([chat.prompt_ids(setup.tokenizer, "12+34="), chat.answer_ids(setup.tokenizer, "46")])[None]
+  head = jax.device_get(params["reward_head"])
+  score = lambda p: float(np.asarray(jax.jit(setup.base_model.apply, static_argnames="return_hidden")(
+      {"params": p}, ids, return_hidden=True)[2])[0, -1] @ head["kernel"] + head["bias"])
+  assert got == pytest.approx(score(lora.model_params(params, setup.lora.scale)), rel=1e-4, abs=1e-5)
+  assert got != pytest.approx(score(params["base"]), rel=1e-4, abs=1e-5)  # the adapters moved it
