@@ -18,8 +18,8 @@ TASK = dict(digits=4, pad=True, width=4, reverse=False)  # configs/pg_addition.p
 def pairs(**overrides) -> dict:
   """The preference data the reward model and DPO (configs/dpo.py) share: the same settings sample the same pairs."""
   # Sampled at T=1.5: at T=1 the SFT model's two answers differ almost only in the thousands digits, which it
-  # cannot add (23% exact), so neither can a reward model started from it: 56% held-out pair accuracy after 300
-  # steps (experiments/PREFERENCES_NOTES.md). Hotter samples also err in the digits it can judge.
+  # cannot add (23% exact), so neither can a reward model started from it. Hotter samples also err in the digits
+  # it can judge; even so this reward model reaches only 55% held-out pair accuracy (experiments/PREFERENCES_NOTES.md).
   return dict(task="addition", task_options=TASK, pairs=4096, eval_pairs=512, sample_temperature=1.5,
               max_new_tokens=8, noise=0.0, style_weight=0.02, max_tokens=24, **overrides)
 

@@ -1,4 +1,5 @@
-"""Learning from preferences, end to end, with a simulated annotator whose noise is the swept dial:
+"""Learning from preferences, end to end, with a simulated annotator whose noise is the swept dial
+(results: experiments/PREFERENCES_NOTES.md):
 pretraining (configs/pretrain_shakespeare.py) -> SFT on addition (configs/sft_addition.py) -> pairs of answers the
 SFT model samples to 4-digit addition problems, judged by lm/simulated_annotator.py at noise 0 and 0.2 ->
   a reward model on them (configs/reward_model.py)  -> GRPO against it (configs/pg_reward_model.py)
@@ -9,7 +10,7 @@ every logged step; for the SFT, RLHF and DPO models, the win rate against the SF
 annotator on held-out prompts (one sampled answer each at T=1, and greedy), their mean hidden utility, the
 checker's exact match, and held-out Shakespeare bits per byte (what each method costs the language model).
 
-  python -m lm.sweep experiments/preferences.py --scale=full     # ~35 min on 2 CPU cores
+  python -m lm.sweep experiments/preferences.py --scale=full     # ~20 min on 2 CPU cores (12.5 of them pretrain + SFT)
   python -m lm.sweep experiments/preferences.py --scale=smoke    # tiny models, a minute: the pipeline only
 """
 import json
