@@ -82,9 +82,9 @@ _BLOCK = re.compile(r"layer_\d+$")
 
 
 def muon_labels(params):
-  """"muon" for matrices inside the transformer blocks (layer_<i>/..., or the scanned layers/...), "adamw" for the rest: embeddings, the
-  head and any objective's heads (their rows are looked up or read out one by one, not a hidden linear map, which
-  is what Muon's spectral-norm steepest descent is for), norms and biases (vectors)."""
+  """"muon" for matrices inside the transformer blocks (layer_<i>/..., or the scanned layers/...), "adamw" for the
+  rest: embeddings, the head and any objective's heads (their rows are looked up or read out one by one, not a
+  hidden linear map, which is what Muon's spectral-norm steepest descent is for), norms and biases (vectors)."""
   def label(path, x):
     in_block = any(_BLOCK.match(str(getattr(k, "key", ""))) for k in path) or layer_layout.layer_axes(path)
     return "muon" if in_block and layer_layout.is_matrix(path, x) else "adamw"
