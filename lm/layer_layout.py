@@ -22,6 +22,17 @@ def is_scanned(params) -> bool:
   return SCANNED in params
 
 
+def layer_axes(path) -> int:
+  """1 for a leaf of the scanned layers (its leading axis counts layers), 0 for any other leaf of a params tree."""
+  return int(any(getattr(k, "key", None) == SCANNED for k in path))
+
+
+def is_matrix(path, x) -> bool:
+  """A matrix of one layer (or outside the layers), not a stack of vectors: a scanned norm scale [n_layers, d] is
+  a vector per layer, and must be decayed (or not) and optimised exactly as its unrolled [d] is."""
+  return x.ndim - layer_axes(path) >= 2
+
+
 def _layer_keys(params) -> list:
   """The unrolled layer names of `params`, in layer order (layer_0, layer_1, ..., layer_10)."""
   found = sorted((int(m.group(1)), k) for k in params if (m := _LAYER.fullmatch(k)))

@@ -8,6 +8,7 @@ import jax
 import optax
 from optax import contrib
 
+from lm import layer_layout
 from lm import options
 from lm.options import option
 
@@ -58,7 +59,7 @@ def make_optimizer(t):
     schedule = optax.warmup_cosine_decay_schedule(0.0, t.lr, t.warmup_steps, max(decay_steps, t.warmup_steps + 1),
                                                   end_value=t.min_lr)
   # Decay matrices only: norms, biases (and other vectors) are left alone, as in nanoGPT and most LLM recipes.
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  decay_mask = lambda params: jax.tree_util.tree_map_with_path(layer_layout.is_matrix, params)
   adamw = optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask)
   kind = getattr(t, "optimizer", "adamw")
   if kind == "sgd":
@@ -81,12 +82,12 @@ _BLOCK = re.compile(r"layer_\d+$")
 
 
 def muon_labels(params):
-  """"muon" for matrices inside the transformer blocks (layer_<i>/...), "adamw" for the rest: embeddings, the
-  head and any objective's heads (their rows are looked up or read out one by one, not a hidden linear map, which
-  is what Muon's spectral-norm steepest descent is for), norms and biases (vectors)."""
+  """"muon" for matrices inside the transformer blocks (layer_<i>/..., or the scanned layers/...), "adamw" for the
+  rest: embeddings, the head and any objective's heads (their rows are looked up or read out one by one, not a
+  hidden linear map, which is what Muon's spectral-norm steepest descent is for), norms and biases (vectors)."""
   def label(path, x):
-    in_block = any(_BLOCK.match(str(getattr(k, "key", ""))) for k in path)
-    return "muon" if in_block and x.ndim >= 2 else "adamw"
+    in_block = any(_BLOCK.match(str(getattr(k, "key", ""))) for k in path) or layer_layout.layer_axes(path)
+    return "muon" if in_block and layer_layout.is_matrix(path, x) else "adamw"
   return jax.tree_util.tree_map_with_path(label, params)
 
 
@@ -95,12 +96,14 @@ def muon_dims(path, x) -> contrib.MuonDimensionNumbers:
   the forward pass multiplies by (lm/model.py reshapes each kernel to one): q/k/v kernels (d, heads, head_dim)
   -> (d, heads * head_dim); the output projection (heads, head_dim, d) -> (heads * head_dim, d); MLP kernels are
   already (in, out). Orthogonalising each head's slice instead would give a stacked update whose spectral norm
-  is up to sqrt(heads): not the steepest-descent step for the layer's actual linear map."""
-  if x.ndim == 2:
-    return contrib.MuonDimensionNumbers(0, 1)
+  is up to sqrt(heads): not the steepest-descent step for the layer's actual linear map. A scanned kernel's leading
+  layer axis is left out of both, so optax orthogonalises each layer's matrix on its own (a batch axis)."""
+  lead = layer_layout.layer_axes(path)
+  if x.ndim - lead == 2:
+    return contrib.MuonDimensionNumbers(lead, lead + 1)
   if [str(getattr(k, "key", "")) for k in path[-2:]] == ["attn", "o"]:
-    return contrib.MuonDimensionNumbers(tuple(range(x.ndim - 1)), x.ndim - 1)
-  return contrib.MuonDimensionNumbers(0, tuple(range(1, x.ndim)))
+    return contrib.MuonDimensionNumbers(tuple(range(lead, x.ndim - 1)), x.ndim - 1)
+  return contrib.MuonDimensionNumbers(lead, tuple(range(lead + 1, x.ndim)))
 
 
 def _width_scale(x, dims: contrib.MuonDimensionNumbers):

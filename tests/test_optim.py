@@ -118,3 +118,29 @@ def test_muon_run_resumes_exactly(tmp_path, shakespeare):
   straight = events(tmp_path / "straight")
   assert straight == events(tmp_path / "resumed")
   assert straight[-1]["loss"] < straight[0]["loss"]
+
+
+def test_scanned_layers_optimised_as_unrolled():
+  """model.scan_layers stacks each layer's params on a leading axis: Muon must still orthogonalise each layer's
+  matrix (not the stack), and neither optimizer may decay a stacked norm scale (a vector per layer). Three steps on
+  the scanned tree equal three on the unrolled one, for Muon (with both decays) and AdamW."""
+  from lm import layer_layout
+  rng = np.random.default_rng(1)
+  one, two = _params(rng), _params(rng)
+  params = {**one, "layer_1": two["layer_0"]}
+  grads = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params) for _ in range(3)]
+  scanned = layer_layout.to_scanned(params)
+  assert optim.muon_labels(scanned)["layers"]["ln_attn"]["scale"] == "adamw"
+  assert optim.muon_labels(scanned)["layers"]["attn"]["o"] == "muon"
+  for kind in ("muon", "adamw"):
+    optimizer, _ = optim.make_optimizer(_train_config(optimizer=kind))
+    ends = []
+    for p, gs in ((params, grads), (scanned, [layer_layout.to_scanned(g) for g in grads])):
+      state = optimizer.init(p)
+      for g in gs:
+        u, state = jax.jit(optimizer.update)(g, state, p)
+        p = jax.tree.map(lambda a, b: a + b, p, u)
+      ends.append(p)
+    for path, x in jax.tree_util.tree_leaves_with_path(layer_layout.to_scanned(ends[0])):
+      np.testing.assert_allclose(np.asarray(dict(jax.tree_util.tree_leaves_with_path(ends[1]))[path]), np.asarray(x),
+                                 atol=1e-5, err_msg=f"{kind} {jax.tree_util.keystr(path)}")
