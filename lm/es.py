@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import checkpoint as ckpt_lib
+from lm import layer_layout
 
 
 def member_keys(seed: int, step: int, population: int, antithetic: bool) -> tuple:
@@ -39,20 +40,28 @@ def selection(params, globs: str):
 
 def noise(params, key, *, kind: str = "full", rank: int = 1, mask=None):
   """eps for one member: a pytree like params (float32), N(0, 1) per entry; zero where mask is False."""
-  leaves, treedef = jax.tree.flatten(params)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   masks = jax.tree.leaves(mask) if mask is not None else [True] * len(leaves)
   out = []
-  for i, (x, keep) in enumerate(zip(leaves, masks)):
+  for i, ((path, x), keep) in enumerate(zip(leaves, masks)):
     k = jax.random.fold_in(key, i)
     if not keep:
       out.append(jnp.zeros(x.shape, jnp.float32))
-    elif kind == "lowrank" and x.ndim >= 2:
-      m, n = x.shape[0], int(np.prod(x.shape[1:]))
-      a, b = jax.random.normal(k, (m, rank)), jax.random.normal(jax.random.fold_in(k, 1), (n, rank))
-      out.append((a @ b.T / np.sqrt(rank)).reshape(x.shape))
+    elif kind == "lowrank" and layer_layout.is_matrix(path, x):
+      # Scanned layers stack their matrices on a leading axis: each layer gets low-rank noise of its own.
+      per_layer = jax.vmap(lambda k, y: _lowrank(k, y.shape, rank)) if layer_layout.layer_axes(path) else (
+          lambda k, y: _lowrank(k, y.shape, rank))
+      keys = jax.random.split(k, x.shape[0]) if layer_layout.layer_axes(path) else k
+      out.append(per_layer(keys, x))
     else:
       out.append(jax.random.normal(k, x.shape))
   return jax.tree.unflatten(treedef, out)
+
+
+def _lowrank(k, shape, rank):
+  m, n = shape[0], int(np.prod(shape[1:]))
+  a, b = jax.random.normal(k, (m, rank)), jax.random.normal(jax.random.fold_in(k, 1), (n, rank))
+  return (a @ b.T / np.sqrt(rank)).reshape(shape)
 
 
 def perturb(params, key, sign, sigma: float, **noise_kw):

@@ -93,6 +93,14 @@ def test_lowrank_noise_has_its_rank_and_unit_scale():
   assert abs(float(jnp.var(big)) - 1.0) < 0.1  # per-entry variance 1, as full noise
 
 
+def test_lowrank_noise_of_scanned_layers_is_low_rank_per_layer():
+  # model.scan_layers stacks each layer's matrices ([n_layers, m, n]) and vectors ([n_layers, d]) on a leading axis
+  params = {"layers": {"w": jnp.zeros((3, 16, 12)), "scale": jnp.zeros((3, 12))}}
+  eps = es.noise(params, jax.random.PRNGKey(0), kind="lowrank", rank=2)["layers"]
+  assert [np.linalg.matrix_rank(np.asarray(eps["w"][i])) for i in range(3)] == [2, 2, 2]
+  assert not np.allclose(eps["w"][0], eps["w"][1])  # each layer its own noise
+  assert np.linalg.matrix_rank(np.asarray(eps["scale"])) == 3  # a stack of vectors gets full noise, as unrolled
+
 def test_selection_perturbs_only_the_chosen_params():
   params = {"layer_0": {"w": jnp.zeros(4)}, "layer_1": {"w": jnp.zeros(4)}}
   mask = es.selection(params, "layer_1/*")
