@@ -108,8 +108,8 @@ def machine() -> tuple:
   import jaxlib
   device = jax.devices()[0]
   name = f"{jax.default_backend()} {device.device_kind} jax {jax.__version__} jaxlib {jaxlib.__version__}"
-  detail = [name, platform.machine(), str(len(jax.devices())), str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                          else os.cpu_count()), os.environ.get("XLA_FLAGS", "")]
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  detail = [name, platform.machine(), str(len(jax.devices())), str(cores), os.environ.get("XLA_FLAGS", "")]
   try:
     with open("/proc/cpuinfo") as f:
       detail += sorted({line.strip() for line in f if line.startswith(("model name", "flags"))})
