@@ -70,7 +70,7 @@ WORD = struct.Struct("<I")
 MODEL, STORED, ZSTD, BZIP2, XZ = range(5)
 MODEL_HEADER = struct.Struct("<16sQIHHI" "BBBf" "B" + cm.MixSettings.FORMAT[1:] + "8sB")
 MAX_BATCH = 1 << 12  # lanes; the context mixer's int32 slots rely on it
-# Defaults of `python -m lm.compress encode`, chosen by measurement (experiments/COMPRESSION_NOTES.md).
+# Defaults of `python -m lm.compress encode`; their sizes and speeds on five inputs: experiments/COMPRESSION_NOTES.md.
 DEFAULT_ADAPT = dynamic_eval.Adaptation(lr=1e-4, steps=1, optimizer="adam", params="all")
 DEFAULT_MIX = cm.MixSettings()
 DEFAULT_BATCH = 32
@@ -108,8 +108,8 @@ def machine() -> tuple:
   import jaxlib
   device = jax.devices()[0]
   name = f"{jax.default_backend()} {device.device_kind} jax {jax.__version__} jaxlib {jaxlib.__version__}"
-  detail = [name, platform.machine(), str(len(jax.devices())), str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                          else os.cpu_count()), os.environ.get("XLA_FLAGS", "")]
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  detail = [name, platform.machine(), str(len(jax.devices())), str(cores), os.environ.get("XLA_FLAGS", "")]
   try:
     with open("/proc/cpuinfo") as f:
       detail += sorted({line.strip() for line in f if line.startswith(("model name", "flags"))})

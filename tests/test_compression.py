@@ -4,6 +4,7 @@ reproduces across processes, size against the model's cross-entropy, corruption 
 A tiny random model with 16-byte chunks (8 bytes of context) and at most 4 lanes, so inputs of a few hundred
 bytes already span several chunks, lanes and batches (adaptation blocks).
 """
+import functools
 import json
 import os
 import subprocess
@@ -174,11 +175,16 @@ def test_coded_size_matches_the_coded_distributions(coder, factor):
     assert 0 < sum(c.sum() > 8 * len(c) for c in chunks) < len(chunks)  # both kinds of chunk occur
 
 
+@functools.partial(jax.jit, static_argnums=0)  # eager op-by-op passes took most of these tests' time
+def _logits(module, params, inputs):
+  return module.apply({"params": params}, inputs)[0]
+
+
 def teacher_forced(model, params, lay, lanes, k):
   """[rows, chunk, 256] float64: the softmax of a full forward pass over batch k's windows."""
   inputs, _, _ = lay.windows(lanes, k, model.pad_id)
   with model._context():
-    logits, _ = model.model.apply({"params": params}, inputs)
+    logits = _logits(model.model, params, inputs)
   p = lay.prefix(lanes, k).shape[1]
   return np.asarray(jax.nn.softmax(np.asarray(logits[:, p - 1:p - 1 + lay.chunk, :256], np.float64)))
 
@@ -209,20 +215,20 @@ def test_adaptive_coding_uses_the_model_after_an_adam_step_on_each_earlier_batch
   lanes = lay.lanes(data, model.pad_id)
   assert lay.n_batches >= 3
   opt = optax.adam(adapt.lr, b1=dynamic_eval.B1, b2=dynamic_eval.B2)
+
+  @jax.jit
+  @jax.grad
+  def grad(p, inputs, targets, weights):
+    logp = jax.nn.log_softmax(_logits(model.model, p, inputs)[..., :256])
+    nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+    return (nll * weights).sum() / weights.sum()
+
   params, state, want = model.params, None, []
   with model._context():
     state = opt.init(params)
     for k in range(lay.n_batches):
       want.append(teacher_forced(model, params, lay, lanes, k))
-      inputs, targets, weights = lay.windows(lanes, k, model.pad_id)
-
-      def loss(p):
-        logits, _ = model.model.apply({"params": p}, inputs)
-        logp = jax.nn.log_softmax(logits[..., :256])
-        nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
-        return (nll * weights).sum() / weights.sum()
-
-      updates, state = opt.update(jax.grad(loss)(params), state, params)
+      updates, state = opt.update(grad(params, *lay.windows(lanes, k, model.pad_id)), state, params)
       params = optax.apply_updates(params, updates)
   want = np.stack(want, axis=1).reshape(-1, 256)[:len(data)]
   np.testing.assert_allclose(got, want, atol=2e-4)
