@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from lm import layer_layout  # noqa: E402
 from lm import model as model_lib  # noqa: E402
 from lm import sampling  # noqa: E402
 from lm.errors import UserError  # noqa: E402
@@ -160,6 +161,17 @@ def test_round_trip_import_export_transformers(family, hf_models, ours, tmp_path
   np.testing.assert_array_equal(torch_logits(back.eval(), TOKENS), torch_logits(original, TOKENS))
 
 
+def test_export_of_scanned_layers(ours):
+  """A model.scan_layers run exports the same tensors as its unrolled twin (checked against transformers above)."""
+  setup, params = ours["qwen2"]
+  cfg, params = setup.base_model.cfg, jax.device_get(params)
+  want = export.hf_tensors(params, cfg, "qwen2")
+  got = export.hf_tensors(layer_layout.to_scanned(params), dataclasses.replace(cfg, scan_layers=True), "qwen2")
+  assert list(got) == list(want)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
 # ---- Bad input: one line each ----
 
 
@@ -236,6 +248,12 @@ def test_tokenizer_vocabulary_too_big_for_the_model(hf_models, tmp_path):
   with pytest.raises(UserError) as e:
     Setup(config_from(d))
   one_line(e, "tokenizer 'byte' has 262 tokens but model.vocab_size=200")
+
+
+def test_import_into_scanned_layers(hf_models):
+  with pytest.raises(UserError) as e:
+    Setup(config_from(hf_models["gpt2"][0], **{"model.scan_layers": True}))
+  one_line(e, "Hugging Face checkpoints use unrolled layers", "--config.model.scan_layers=False")
 
 
 def test_overrides_that_contradict_the_checkpoint(hf_models):

@@ -135,6 +135,9 @@ def test_bad_targets_are_one_line():
   with pytest.raises(UserError) as e:
     Setup(tiny_config(**{"lora.rank": 4, "lora.targets": "gate"}))  # a gelu MLP has no gate
   assert "no gate" in str(e.value)
+  with pytest.raises(UserError) as e:
+    Setup(tiny_config(**{"lora.rank": 4, "model.scan_layers": True}))
+  assert "LoRA adapters" in str(e.value) and "--config.model.scan_layers=False" in str(e.value)
 
 
 def test_policy_gradient_rollout_scores_the_reference_with_the_base():

@@ -23,6 +23,7 @@ import ml_dtypes
 import numpy as np
 
 from lm import checkpoint as ckpt_lib
+from lm import layer_layout
 from lm import lora
 from lm.errors import UserError
 from lm.hf import convert
@@ -31,7 +32,9 @@ DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.f
 
 
 def hf_tensors(params: dict, cfg, kind: str) -> dict:
-  """{HF name: numpy array} of model params (a nested dict of arrays) for Hugging Face `kind`."""
+  """{HF name: numpy array} of model params (a nested dict of arrays, either layer layout) for Hugging Face
+  `kind`."""
+  params = layer_layout.to_unrolled(params)  # a model.scan_layers run stacks its layers; HF names them one by one
   flat = {ckpt_lib.path_of(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
   out, used = {}, set()
   for g in convert.tensor_groups(cfg, kind):
