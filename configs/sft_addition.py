@@ -21,13 +21,16 @@ def get_config():
   # Operands padded to 4 characters and answers to 5, the layout of the 4-digit problems in
   # configs/pg_addition.py, so the SFT model already writes 5-digit answers at the right positions there.
   c.objective.task_options.width = 4
-  # 5% of problems use 4-digit operands, so the thousands digits are not new to the model when GRPO/RLOO train
+  # 2% of problems use 4-digit operands, so the thousands digits are not new to the model when GRPO/RLOO train
   # on 4-digit problems (configs/pg_addition.py); without them pass@16 on 4-digit was 0 and RL had no signal.
-  c.objective.task_options.wide_frac = 0.05
+  # Measured at 6000 steps, seeds 0/1/2: 4-digit greedy exact 83.8% / 18.6% / 33.8% with 2% (5%, seed 2: 79.4%).
+  c.objective.task_options.wide_frac = 0.02
   c.objective.task_options.reverse = False  # True: answers least-significant digit first (lm/tasks/addition.py)
   c.objective.train_examples = 100000
   c.checkpoint.init_from = "runs/shakespeare"
-  c.train.update(steps=3000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=100, log_every=100)
-  c.eval.every = 500
-  c.checkpoint.every = 500
+  # 6000 steps, not 3000: at 3000 one seed in three was still on its plateau (train loss ~0.9, 9.8% greedy exact
+  # on 3-digit for seed 2; seeds 0 and 1: 99.4%, 100%); at 6000 seeds 0, 1, 2 reach 100% (experiments/SFT_NOTES.md).
+  c.train.update(steps=6000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=100, log_every=100)
+  c.eval.every = 1000
+  c.checkpoint.every = 1000
   return c
