@@ -10,10 +10,11 @@ and B = 0 is the base model exactly. The train step differentiates and updates o
 trainable (the adapters and any heads), so the base has no gradient and no optimizer moments. Policy
 gradient's frozen reference is `without_adapters(params)`: the base the adapters sit on, not a second copy.
 
-With `lora.train_embeddings` (PEFT's modules_to_save) the token embedding table, and an untied `lm_head`, also
-train in full: params["tables"] holds copies of them, initialised from the base's, that replace the base's
-when merged. The base keeps the originals, so the reference is still the model the run started from; the
-price is one extra table in memory (the reference needs the original, the policy the trained one).
+With `lora.train_embeddings` (PEFT's modules_to_save) the token embedding table, an untied `lm_head` and a
+learned position table also train in full: params["tables"] holds copies of them, initialised from the base's,
+that replace the base's when merged. The base keeps the originals, so the reference is still the model the run
+started from; the price is one extra copy of each table in memory (the reference needs the original, the policy
+the trained one).
 """
 import dataclasses
 
@@ -32,7 +33,8 @@ TARGETS = {"q": ("attn/q", 1), "k": ("attn/k", 1), "v": ("attn/v", 1), "o": ("at
 GROUPS = {"attention": ("q", "k", "v", "o"), "mlp": ("gate", "up", "down"), "all": tuple(TARGETS)}
 FROZEN = "base"
 TABLES = "tables"
-TABLE_NAMES = ("embed", "lm_head")  # the token embedding and an untied output head (absent when tied)
+# The token embedding, an untied output head (absent when tied) and the learned position table (absent with RoPE).
+TABLE_NAMES = ("embed", "lm_head", "pos_embed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +44,9 @@ class LoraConfig(options.Group):
   alpha: float = option(16.0, above=0.0, doc="the adapters' scale is alpha / rank")
   targets: str = option("attention", doc="comma-separated q, k, v, o, gate, up, down, or the groups attention, "
                                          "mlp, all")
-  train_embeddings: bool = option(False, doc="also train the token embedding (and an untied lm_head) in full, "
-                                             "like PEFT's modules_to_save: for tokens the base never learned "
-                                             "(rank 0 trains everything anyway)")
+  train_embeddings: bool = option(False, doc="also train the token embedding (an untied lm_head, a learned "
+                                             "position table) in full, like PEFT's modules_to_save: for tokens "
+                                             "the base never learned (rank 0 trains everything anyway)")
 
   def check(self, config) -> list:
     parts = [p.strip() for p in self.targets.split(",") if p.strip()]
@@ -104,7 +106,8 @@ def _dtype(w):
 
 
 def tables(base: dict) -> dict:
-  """The base's embedding and untied head: what `train_embeddings` trains (a copy of) beside the adapters."""
+  """The base's embedding, untied head and position table: what `train_embeddings` trains (a copy of) beside the
+  adapters."""
   return {k: base[k] for k in TABLE_NAMES if k in base}
 
 

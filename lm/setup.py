@@ -4,7 +4,7 @@ loaded from a checkpoint) in their sharded layout.
 
 With `checkpoint.init_from` a Hugging Face directory, its config.json sets the architecture (`model.*`, see
 lm/hf/load.py) before anything else reads the config. With `lora.rank` > 0 the params are {"base", "lora"}
-(lm/lora.py), plus "tables" (trainable copies of the embedding and an untied head) with
+(lm/lora.py), plus "tables" (trainable copies of the embedding, an untied head, a learned position table) with
 `lora.train_embeddings`, and `model` is the Transformer that merges them before applying.
 """
 import dataclasses

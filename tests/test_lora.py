@@ -1,7 +1,7 @@
 """LoRA adapters (lm/lora.py): zero adapters are the base exactly, training moves only the adapters (and keeps
 optimizer moments only for them), the merged export computes the adapted model, and the frozen reference of
-policy gradient is the base itself. With lora.train_embeddings the same holds for adapters + the embedding (and
-untied head) tables, and the reference keeps the original tables."""
+policy gradient is the base itself. With lora.train_embeddings the same holds for adapters + the embedding (an
+untied head, a learned position table) tables, and the reference keeps the original tables."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,15 +132,45 @@ def test_dry_run_shows_adapter_only_optimizer_memory():
 
 
 def test_dry_run_with_train_embeddings_counts_the_tied_table_once():
-  config = tiny_config(**{"lora.rank": 4, "lora.train_embeddings": True})  # GPT-2 layout: tied embedding
+  config = tiny_config(**{"lora.rank": 4, "lora.train_embeddings": True})  # GPT-2 layout: tied, learned positions
   plan = dry_run.plan(config)
   base = Setup(tiny_config()).abstract_params()
-  table = base["embed"]["embedding"].size
+  table = base["embed"]["embedding"].size + base["pos_embed"].size
   assert "lm_head" not in base
   adapters = 2 * 4 * (32 * 4 + 4 * 32)  # 2 layers x q, k, v, o x (A + B)
   assert plan["trainable_params"] == adapters + table
   assert plan["params"] == sum(x.size for x in jax.tree.leaves(base)) + adapters + table
   assert 0 <= plan["opt_state_bytes_per_device"] - 2 * 4 * (adapters + table) < 64
+
+
+def test_train_embeddings_trains_a_learned_position_table():
+  """GPT-2 layout (tied embedding, learned positions): the position table trains from a copy beside the
+  embedding, the merge and the export's tensors use the trained copy, the reference keeps the original."""
+  from lm.hf import convert
+  from lm.hf import export
+  setup = Setup(tiny_config(**{"lora.rank": 4, "lora.train_embeddings": True}))
+  with setup.use():
+    params = setup.init_params(jax.random.PRNGKey(0))
+  assert sorted(flat(params["tables"])) == ["embed/embedding", "pos_embed"]
+  np.testing.assert_array_equal(params["tables"]["pos_embed"], params["base"]["pos_embed"])
+  trainable, frozen = lora.split(params)
+
+  def nll(t):
+    logp = jax.nn.log_softmax(setup.model.apply({"params": lora.join(t, frozen)}, TOKENS)[0][:, :-1])
+    return -jnp.take_along_axis(logp, TOKENS[:, 1:, None], axis=-1).mean()
+
+  assert np.abs(np.asarray(jax.grad(nll)(trainable)["tables"]["pos_embed"])).max() > 0
+  trained = params["tables"]["pos_embed"] + 0.5 * jax.random.normal(jax.random.PRNGKey(1), (32, 32))
+  params = {**params, "tables": {**params["tables"], "pos_embed": trained}}
+  merged = lora.model_params(params, setup.lora.scale)
+  np.testing.assert_array_equal(merged["pos_embed"], trained)
+  np.testing.assert_array_equal(logits(setup.model, params), logits(setup.base_model, merged))
+  reference = lora.without_adapters(params)
+  assert lora.TABLES not in reference and reference["base"]["pos_embed"] is frozen["pos_embed"]
+  assert np.abs(logits(setup.model, params) - logits(setup.model, reference)).max() > 1e-3
+  cfg = setup.base_model.cfg
+  tensors = export.hf_tensors(jax.device_get(merged), cfg, convert.model_type(cfg))
+  np.testing.assert_array_equal(tensors["transformer.wpe.weight"], np.asarray(trained))
 
 
 @pytest.mark.parametrize("run", ["lora_run", "tables_run"])
