@@ -90,8 +90,8 @@ def run(config):
       - p["alias_bytes_per_device"]
   rows = [
       ("mesh", " x ".join(f"{k}={v}" for k, v in p["mesh"].items()) + f"  ({p['devices']} devices)"),
-      ("parameters", f"{p['params']:,}" + (f"  ({p['trainable_params']:,} trainable: LoRA adapters and heads)"
-                                            if p["trainable_params"] != p["params"] else "")),
+      ("parameters", f"{p['params']:,}" + (f"  ({p['trainable_params']:,} trainable: LoRA adapters, heads, "
+                                            "trained tables)" if p["trainable_params"] != p["params"] else "")),
       ("training FLOPs / token", f"{p['flops_per_token']:.3e}"),
       ("tokens / step", f"{p['tokens_per_step']:,} (batch {config.train.batch_size} x seq {config.data.seq_len})"),
       ("FLOPs / step", f"{p['flops_per_token'] * p['tokens_per_step']:.3e}"),

@@ -9,6 +9,12 @@ merged just before `model.apply` (`LoraModel`), so every objective, the sampler 
 and B = 0 is the base model exactly. The train step differentiates and updates only what `split` calls
 trainable (the adapters and any heads), so the base has no gradient and no optimizer moments. Policy
 gradient's frozen reference is `without_adapters(params)`: the base the adapters sit on, not a second copy.
+
+With `lora.train_embeddings` (PEFT's modules_to_save) the token embedding table, an untied `lm_head` and a
+learned position table also train in full: params["tables"] holds copies of them, initialised from the base's,
+that replace the base's when merged. The base keeps the originals, so the reference is still the model the run
+started from; the price is one extra copy of each table in memory (the reference needs the original, the policy
+the trained one).
 """
 import dataclasses
 
@@ -26,6 +32,9 @@ TARGETS = {"q": ("attn/q", 1), "k": ("attn/k", 1), "v": ("attn/v", 1), "o": ("at
            "gate": ("mlp/gate/kernel", 1), "up": ("mlp/up/kernel", 1), "down": ("mlp/down/kernel", 1)}
 GROUPS = {"attention": ("q", "k", "v", "o"), "mlp": ("gate", "up", "down"), "all": tuple(TARGETS)}
 FROZEN = "base"
+TABLES = "tables"
+# The token embedding, an untied output head (absent when tied) and the learned position table (absent with RoPE).
+TABLE_NAMES = ("embed", "lm_head", "pos_embed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +44,9 @@ class LoraConfig(options.Group):
   alpha: float = option(16.0, above=0.0, doc="the adapters' scale is alpha / rank")
   targets: str = option("attention", doc="comma-separated q, k, v, o, gate, up, down, or the groups attention, "
                                          "mlp, all")
+  train_embeddings: bool = option(False, doc="also train the token embedding (an untied lm_head, a learned "
+                                             "position table) in full, like PEFT's modules_to_save: for tokens "
+                                             "the base never learned (rank 0 trains everything anyway)")
 
   def check(self, config) -> list:
     parts = [p.strip() for p in self.targets.split(",") if p.strip()]
@@ -93,6 +105,12 @@ def _dtype(w):
   return (w.value if isinstance(w, nn.LogicallyPartitioned) else w).dtype
 
 
+def tables(base: dict) -> dict:
+  """The base's embedding, untied head and position table: what `train_embeddings` trains (a copy of) beside the
+  adapters."""
+  return {k: base[k] for k in TABLE_NAMES if k in base}
+
+
 def merge(base: dict, adapters: dict, scale: float) -> dict:
   """The base params with every adapted matrix replaced by W + scale * A @ B (in W's dtype)."""
   out = jax.tree.map(lambda x: x, base)  # a fresh dict tree: the caller's params stay as they are
@@ -113,19 +131,21 @@ def has_adapters(params) -> bool:
 
 
 def model_params(params, scale: float):
-  """Run params -> what the Transformer applies: the base with its adapters merged, heads passed through."""
+  """Run params -> what the Transformer applies: the base with its adapters merged and its tables replaced by
+  the trained ones, heads passed through."""
   if not has_adapters(params):
     return params
-  rest = {k: v for k, v in params.items() if k not in (FROZEN, "lora")}
+  rest = {k: v for k, v in params.items() if k not in (FROZEN, "lora", TABLES)}
   base = merge(params[FROZEN], params["lora"], scale) if "lora" in params else params[FROZEN]
-  return {**base, **rest}
+  return {**base, **params.get(TABLES, {}), **rest}
 
 
 def without_adapters(params):
-  """The frozen model under the adapters (policy gradient's KL reference): the same base buffers, no copy."""
+  """The frozen model under the adapters and trained tables (policy gradient's KL reference): the same base
+  buffers, no copy."""
   if not has_adapters(params):
     return params
-  return {k: v for k, v in params.items() if k != "lora"}
+  return {k: v for k, v in params.items() if k not in ("lora", TABLES)}
 
 
 def split(params) -> tuple:

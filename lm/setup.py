@@ -4,7 +4,8 @@ loaded from a checkpoint) in their sharded layout.
 
 With `checkpoint.init_from` a Hugging Face directory, its config.json sets the architecture (`model.*`, see
 lm/hf/load.py) before anything else reads the config. With `lora.rank` > 0 the params are {"base", "lora"}
-(lm/lora.py) and `model` is the Transformer that merges the adapters before applying.
+(lm/lora.py), plus "tables" (trainable copies of the embedding, an untied head, a learned position table) with
+`lora.train_embeddings`, and `model` is the Transformer that merges them before applying.
 """
 import dataclasses
 import os
@@ -75,7 +76,16 @@ class Setup:
     base = self._fresh_base(rng)
     if not self.lora.rank:
       return base
-    return {lora_lib.FROZEN: base, "lora": nn.unbox(self._init_adapters(jax.random.fold_in(rng, 1)))}
+    return self._around(base, nn.unbox(self._init_adapters(jax.random.fold_in(rng, 1))))
+
+  def _around(self, base, adapters):
+    """A LoRA run's params around its frozen base: the adapters and, with train_embeddings, the base's tables
+    to train (they must not share buffers with the base, which the train step passes through: a jit's outputs
+    never do, init_from copies)."""
+    params = {lora_lib.FROZEN: base, "lora": adapters}
+    if self.lora.train_embeddings:
+      params[lora_lib.TABLES] = lora_lib.tables(base)
+    return params
 
   def abstract_params(self, boxed=False, sharded=False, base=False):
     """ShapeDtypeStructs of the params (with their shardings if `sharded`; boxed keeps logical names); `base`:
@@ -94,8 +104,7 @@ class Setup:
     if base or not self.lora.rank:
       return self._abstract["base"]
     if "run" not in self._abstract:
-      self._abstract["run"] = {lora_lib.FROZEN: self._abstract["base"],
-                               "lora": jax.eval_shape(self._init_adapters, key)}
+      self._abstract["run"] = self._around(self._abstract["base"], jax.eval_shape(self._init_adapters, key))
     return self._abstract["run"]
 
   def param_shardings(self, base=False):
@@ -118,7 +127,8 @@ class Setup:
 
   def init_from(self, path, rng, fresh: str = "", drop: str = ""):
     """A run's starting params from another model: a Hugging Face directory, a run or checkpoint directory, or a
-    LoRA run (its adapters merged into its base); with lora.rank > 0, under fresh adapters."""
+    LoRA run (its adapters and trained tables merged into its base); with lora.rank > 0, under fresh adapters
+    (and, with lora.train_embeddings, trainable copies of the loaded tables)."""
     base_init = lambda r: jax.jit(self._fresh_base, out_shardings=self.param_shardings(base=True))(r)
     abstract = self.abstract_params(sharded=True, base=True)
     if hf_load.is_hf_dir(path):
@@ -132,7 +142,10 @@ class Setup:
       return base
     adapters = jax.jit(lambda r: nn.unbox(self._init_adapters(r)),
                        out_shardings=self.param_shardings()["lora"])(jax.random.fold_in(rng, 1))
-    return {lora_lib.FROZEN: base, "lora": adapters}
+    params = self._around(base, adapters)
+    if lora_lib.TABLES in params:  # a copy: the base keeps the original tables for the KL reference
+      params[lora_lib.TABLES] = sharding.frozen_copy(params[lora_lib.TABLES])
+    return params
 
   def _merged_lora_run(self, path, abstract):
     from lm import runs
