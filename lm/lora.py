@@ -174,5 +174,13 @@ class LoraModel:
     return self.model.apply({**variables, "params": model_params(variables["params"], self.scale)}, *args, **kwargs)
 
 
+def merged(model, params):
+  """(plain model, merged params): for a loop that applies the model many times with the same params (the decode
+  loop: once per token), merge the adapters once outside it instead of on every call."""
+  if isinstance(model, LoraModel):
+    return model.model, model_params(params, model.scale)
+  return model, params
+
+
 def wrap(model, lora_cfg: LoraConfig):
   return LoraModel(model, lora_cfg.scale) if lora_cfg.rank else model

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm import lora
 from lm import model as model_lib
 from lm.errors import UserError
 
@@ -65,6 +66,7 @@ def decode(model, params, tokens, positions, segment_ids, rng, *, max_new_tokens
   13 + 8 tokens: the prefill was half the sampler's time; answers end after 6 of 8 tokens.)
   Returns (tokens [B, N], log-probs [B, N] (0 after EOS), valid [B, N], done [B]).
   """
+  model, params = lora.merged(model, params)  # LoRA: merge W + A B once, not in every step of the loop
   b, p = tokens.shape
   cache = model_lib.init_cache(model.cfg, b // group, p + max_new_tokens)
   first = lambda x: x.reshape(b // group, group, *x.shape[1:])[:, 0]

@@ -91,3 +91,20 @@ def one_line_error(r, *needles, status=2):
   for n in needles:
     assert n in last, last
   return last
+
+
+def cached_decode(apply, params, cfg, tokens, prefill: int, cache_len: int):
+  """Logits [B, T, V] of `tokens` decoded with the KV cache: `prefill` tokens in one call, then one at a time
+  (for comparison with one full forward pass)."""
+  import jax.numpy as jnp
+  import numpy as np
+  from lm import model as model_lib
+  b, t = tokens.shape
+  cache = model_lib.init_cache(cfg, b, cache_len)
+  pos, seg = jnp.broadcast_to(jnp.arange(t), (b, t)), jnp.ones((b, t), jnp.int32)
+  logits, cache = apply({"params": params}, tokens[:, :prefill], pos[:, :prefill], seg[:, :prefill], cache=cache)
+  steps = [logits]
+  for i in range(prefill, t):
+    logits, cache = apply({"params": params}, tokens[:, i:i + 1], pos[:, i:i + 1], seg[:, i:i + 1], cache=cache)
+    steps.append(logits)
+  return np.concatenate(steps, 1)

@@ -21,7 +21,7 @@ from lm.errors import UserError  # noqa: E402
 from lm.hf import convert  # noqa: E402
 from lm.hf import export  # noqa: E402
 from lm.setup import Setup  # noqa: E402
-from tests.conftest import apply_overrides, tiny_config  # noqa: E402
+from tests.conftest import apply_overrides, cached_decode, tiny_config  # noqa: E402
 
 VOCAB = 264  # the byte tokenizer's padded vocabulary, so Setup's default tokenizer fits
 COMMON = dict(vocab_size=VOCAB, initializer_range=0.2)  # larger weights than 0.02: no near-ties for greedy decoding
@@ -131,15 +131,8 @@ def test_kv_cache_decoding_equals_full_forward(family, ours):
   apply = jax.jit(setup.model.apply)
   tokens = jnp.asarray(TOKENS[:2, :16])
   full = apply({"params": params}, tokens)[0]
-  cache = model_lib.init_cache(setup.model.cfg, 2, 16)
-  pos = jnp.broadcast_to(jnp.arange(16), (2, 16))
-  seg = jnp.ones((2, 16), jnp.int32)
-  logits, cache = apply({"params": params}, tokens[:, :6], pos[:, :6], seg[:, :6], cache=cache)
-  steps = [logits]
-  for t in range(6, 16):
-    logits, cache = apply({"params": params}, tokens[:, t:t + 1], pos[:, t:t + 1], seg[:, t:t + 1], cache=cache)
-    steps.append(logits)
-  np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=2e-5, rtol=1e-4)
+  steps = cached_decode(apply, params, setup.model.cfg, tokens, prefill=6, cache_len=16)
+  np.testing.assert_allclose(steps, full, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

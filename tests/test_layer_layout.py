@@ -14,7 +14,7 @@ from lm import losses
 from lm import model as model_lib
 from lm.errors import UserError
 from lm.setup import Setup
-from tests.conftest import tiny_config
+from tests.conftest import cached_decode, tiny_config
 from tests.test_model import LLAMA
 
 SCAN = {"model.scan_layers": True}
@@ -75,14 +75,8 @@ def test_kv_cache_decoding_with_scanned_layers_equals_the_full_forward():
   full, _ = jax.jit(unrolled.model.apply)({"params": pu}, tokens)
   cache = model_lib.init_cache(scanned.model.cfg, 2, 16)
   assert cache["layers"]["k"].shape == (3, 2, 16, 2, 8)  # one stacked cache, a slice per layer
-  pos, seg = jnp.broadcast_to(jnp.arange(12), (2, 12)), jnp.ones((2, 12), jnp.int32)
-  apply = jax.jit(scanned.model.apply)
-  logits, cache = apply({"params": ps}, tokens[:, :5], pos[:, :5], seg[:, :5], cache=cache)
-  steps = [logits]
-  for t in range(5, 12):
-    logits, cache = apply({"params": ps}, tokens[:, t:t + 1], pos[:, t:t + 1], seg[:, t:t + 1], cache=cache)
-    steps.append(logits)
-  np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=2e-5, rtol=1e-4)
+  steps = cached_decode(jax.jit(scanned.model.apply), ps, scanned.model.cfg, tokens, prefill=5, cache_len=16)
+  np.testing.assert_allclose(steps, full, atol=2e-5, rtol=1e-4)
 
 
 def test_abstract_trees_keep_shardings_with_an_unsharded_layer_axis():

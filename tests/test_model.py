@@ -8,7 +8,7 @@ import pytest
 
 from lm import model as model_lib
 from lm import losses
-from tests.conftest import tiny_config
+from tests.conftest import cached_decode, tiny_config
 
 GPT = {}
 LLAMA = {"model.norm": "rmsnorm", "model.mlp": "swiglu", "model.position": "rope", "model.n_kv_heads": 2,
@@ -63,17 +63,8 @@ def test_kv_cache_decoding_equals_full_forward(overrides):
   model, params = build(overrides)
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, 256, size=(2, 12)), jnp.int32)
   full, _ = jitted(model)({"params": params}, tokens)
-  cache = model_lib.init_cache(model.cfg, 2, 16)
-  # prefill 5 tokens, then one at a time
-  pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
-  seg = jnp.ones((2, 12), jnp.int32)
-  logits, cache = jitted(model)({"params": params}, tokens[:, :5], pos[:, :5], seg[:, :5], cache=cache)
-  steps = [logits]
-  for t in range(5, 12):
-    logits, cache = jitted(model)({"params": params}, tokens[:, t:t + 1], pos[:, t:t + 1], seg[:, t:t + 1],
-                                cache=cache)
-    steps.append(logits)
-  np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=2e-5, rtol=1e-4)
+  steps = cached_decode(jitted(model), params, model.cfg, tokens, prefill=5, cache_len=16)
+  np.testing.assert_allclose(steps, full, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("overrides", [GPT, LLAMA], ids=["gpt2", "llama"])
