@@ -37,7 +37,8 @@ tensorboard: install
 mutmut: install
 	$(PY) -m pip install -q 'mutmut>=3.8'
 	rm -rf mutants
-	$(VENV)/bin/mutmut run; $(VENV)/bin/mutmut results > mutants-results.txt; tail -5 mutants-results.txt
+	LM_TFDS_DIR=$(abspath .tfds) $(VENV)/bin/mutmut run; $(VENV)/bin/mutmut results > mutants-results.txt; \
+	  tail -5 mutants-results.txt
 
 clean:
 	rm -rf $(VENV) runs

@@ -38,11 +38,13 @@ def sweep(scale: str) -> Sweep:
   def measure(trial) -> dict:
     """Held-out 4-digit accuracy (greedy) of each stage's model, on the problems RL's evaluation uses."""
     from lm import eval_checkpoint
+    from lm.sweep import measure_once
     out = {}
     for stage in ("pretrain", "sft", "rl"):
-      r = eval_checkpoint.evaluate_run(trial["dirs"][stage], task="addition",
-                                       task_options={"digits": 4, "pad": True, "width": 4}, examples=s["examples"],
-                                       pass_n=0, bits_per_byte=False, max_new_tokens=8)
+      run = trial["dirs"][stage]
+      r = measure_once(run, f"accuracy4-{s['examples']}", lambda run=run: eval_checkpoint.evaluate_run(
+          run, task="addition", task_options={"digits": 4, "pad": True, "width": 4}, examples=s["examples"],
+          pass_n=0, bits_per_byte=False, max_new_tokens=8))
       out[f"{stage}.accuracy4"] = r["exact_match"]
     return out
 

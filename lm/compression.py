@@ -211,7 +211,7 @@ class Coder:
   mix: lm.context_mixing.MixSettings, or None for the network alone. Decoding takes every setting from the
   file; only the model must match."""
 
-  def __init__(self, setup, params, chunk_size: int = 0, context: int = 0, batch_size: int = 128,
+  def __init__(self, setup, params, chunk_size: int = 0, context: int = 0, batch_size: int = DEFAULT_BATCH,
                adapt: dynamic_eval.Adaptation = dynamic_eval.Adaptation(), mix: cm.MixSettings | None = None,
                allow_other_machine: bool = False):
     tok = setup.tokenizer

@@ -13,10 +13,10 @@ function (extra metrics of a finished trial, e.g. the coded size of a test file)
 Bookkeeping is Optuna's: the study lives in an RDB storage (SQLite in the sweep's folder by default, any
 SQLAlchemy URL to share it between machines). Grid points are enqueued once, by whoever creates the study, and
 each worker pops the next waiting one in a transaction, so every trial runs exactly once. Workers send a
-heartbeat; a trial whose worker died is failed once its heartbeat is stale and retried (RetryFailedTrialCallback)
-with the same parameters, hence the same run directories, so it resumes from its checkpoints. A stage whose
-config and overrides are the same in several trials (the SFT run under several RL settings) runs once, in a
-directory named by those overrides, under a file lock.
+heartbeat; a trial whose worker died is failed once its heartbeat is stale and retried
+(RetryHeartbeatStaleTrialCallback) with the same parameters, hence the same run directories, so it resumes from
+its checkpoints. A stage whose config and overrides are the same in several trials (the SFT run under several RL
+settings) runs once, in a directory named by those overrides, under a file lock.
 
 Layout under <root>/<name>/: optuna.db, runs/<stage>/<overrides>/ (each a launch.py --workdir), trials/<id>.json
 (overrides, seed, metrics, wall time, status), results.csv, results.md, plots/*.png.
@@ -333,6 +333,19 @@ def last_eval(run_dir: str) -> dict:
   return {k: v for k, v in evals[-1].items() if k != "split"} if evals else {}
 
 
+def measure_once(run_dir: str, name: str, fn: Callable[[], dict]) -> dict:
+  """fn()'s numbers for one run, kept in `<run_dir>.<name>.json`: a stage that many trials share (the pretrained
+  start of a KL grid) is measured once, and a rerun after a kill does not measure it again."""
+  path = f"{run_dir}.{name}.json"
+  if os.path.exists(path):
+    return json.load(open(path))
+  out = fn()
+  with open(path + ".tmp", "w") as f:
+    json.dump(out, f, default=float)
+  os.replace(path + ".tmp", path)
+  return out
+
+
 def run_stage(sw: Sweep, stage: Stage, overrides: dict, dirs: dict, report=None) -> dict:
   """Run (or resume, or skip if done) one stage under a file lock; {"wall_s", "status", "reason"}."""
   d = dirs[stage.name]
@@ -384,7 +397,7 @@ def storage(url: str):
   import optuna
   interval, grace = _heartbeat()
   try:
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=5)
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=5)
     return optuna.storages.RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
                                       heartbeat_stale_trial_callback=retry,
                                       engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")

@@ -116,3 +116,16 @@ def test_print_commands_gives_one_launch_line_per_trial(tmp_path):
   lines = r.stdout.strip().splitlines()
   assert r.returncode == 0 and len(lines) == 4
   assert all("launch.py" in l and "--config.train.lr=" in l and "--workdir=" in l for l in lines)
+
+
+def test_measure_once_measures_a_shared_stage_once(tmp_path):
+  from lm.sweep import measure_once
+  calls = []
+  run = tmp_path / "runs" / "sft" / "seed=0"
+  run.mkdir(parents=True)
+  run = str(run)
+  fn = lambda: calls.append(1) or {"exact_match": 0.5}
+  assert measure_once(run, "accuracy4-500", fn) == {"exact_match": 0.5}
+  assert measure_once(run, "accuracy4-500", fn) == {"exact_match": 0.5}  # a second trial, or a rerun
+  assert len(calls) == 1
+  assert measure_once(run, "accuracy4-100", fn) == {"exact_match": 0.5} and len(calls) == 2  # another measure
