@@ -510,21 +510,16 @@ def run_trial(sw: Sweep, module, root: str, params: dict, seeds: list, trial=Non
                       if isinstance(v, (int, float))})
       metrics[f"{stage.name}.wall_s"] = result["wall_s"]
     if status == "done" and sw.measure is not None:
-      measured = dirs[sw.stages[-1].name] + f".measure-{sw.name}.json"
-      if not os.path.exists(measured):
+      def timed():
         t0 = time.time()
-        try:
-          out = sw.measure({"dirs": dirs, "params": params, "seed": seed, "overrides": overrides})
-        except Exception as e:  # pylint: disable=broad-except  (a failed trial is a row with its reason)
-          status, record["reason"] = "failed", f"measure: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
-          out = None
-        if out is not None:
-          with open(measured, "w") as f:
-            json.dump({"metrics": out, "wall_s": time.time() - t0}, f, default=float)
-      if status == "done":
-        m = json.load(open(measured))
+        out = sw.measure({"dirs": dirs, "params": params, "seed": seed, "overrides": overrides})
+        return {"metrics": out, "wall_s": time.time() - t0}
+      try:
+        m = measure_once(dirs[sw.stages[-1].name], f"measure-{sw.name}", timed)
         metrics.update(m["metrics"])
         record["wall_s"] += m["wall_s"]
+      except Exception as e:  # pylint: disable=broad-except  (a failed trial is a row with its reason)
+        status, record["reason"] = "failed", f"measure: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
     record["per_seed"].append({"seed": seed, "metrics": metrics, "dirs": dirs})
     if status != "done":
       record["status"] = status
