@@ -2,15 +2,17 @@
 (results: experiments/PREFERENCES_NOTES.md):
 pretraining (configs/pretrain_shakespeare.py) -> SFT on addition (configs/sft_addition.py) -> pairs of answers the
 SFT model samples to 4-digit addition problems, judged by lm/simulated_annotator.py at noise 0 and 0.2 ->
-  a reward model on them (configs/reward_model.py)  -> GRPO against it (configs/pg_reward_model.py)
+  a reward model on them (configs/reward_model.py)  -> GRPO against it (configs/pg_reward_model.py), at its
+                                                       KL coefficient (0.02) and on a 10x tighter leash (0.2)
   DPO on the same pairs (configs/dpo.py)
+  and, as the ceiling, GRPO against the hidden utility itself (what a perfect reward model would give)
 Measured per noise level: the reward model's held-out pairwise accuracy (against the noisy labels, and against the
 hidden utility's order); along the RLHF run, the learned reward and the true (hidden) utility of its rollouts at
 every logged step; for the SFT, RLHF and DPO models, the win rate against the SFT model judged by the simulated
 annotator on held-out prompts (one sampled answer each at T=1, and greedy), their mean hidden utility, the
 checker's exact match, and held-out Shakespeare bits per byte (what each method costs the language model).
 
-  python -m lm.sweep experiments/preferences.py --scale=full     # ~20 min on 2 CPU cores (12.5 of them pretrain + SFT)
+  python -m lm.sweep experiments/preferences.py --scale=full     # ~90 min on 2 CPU cores (~30 of them pretrain + 3 SFT)
   python -m lm.sweep experiments/preferences.py --scale=smoke    # tiny models, a minute: the pipeline only
 """
 import json
@@ -21,9 +23,9 @@ from lm.sweep import Stage, Sweep, grid
 TINY = {"model.d_model": 16, "model.n_layers": 1, "model.max_len": 32, "data.seq_len": 32, "eval.max_batches": 1,
         "eval.batch_size": 8}
 SCALES = {
-    "full": dict(pretrain=None, sft={"eval.every": 1000}, model={}, prompts=500,
-                 rm={}, pg={}, dpo={}),
+    "full": dict(pretrain=None, sft={}, model={}, prompts=500, seeds=(0, 1, 2), rm={}, pg={}, dpo={}),
     "smoke": dict(pretrain={"train.steps": 4, "eval.every": 4, "checkpoint.every": 4}, model=TINY, prompts=8,
+                  seeds=(0,),
                   sft={"train.steps": 4, "eval.every": 4, "checkpoint.every": 4, "objective.train_examples": 64,
                        "train.batch_size": 8, "objective.eval_examples": 8, "objective.pass_n": 0},
                   rm={"train.steps": 4, "eval.every": 2, "checkpoint.every": 4, "objective.pairs": 32,
@@ -34,6 +36,9 @@ SCALES = {
                        "objective.eval_pairs": 16, "train.batch_size": 8, "objective.win_prompts": 8}),
 }
 NOISE = (0.0, 0.2)
+LEASH = 0.2  # the second RLHF run's KL coefficient (configs/pg_reward_model.py's is 0.02)
+RL = ("pg", "pg_leash")  # against the learned reward
+MODELS = ("sft",) + RL + ("pg_true", "dpo")
 
 
 def sweep(scale: str) -> Sweep:
@@ -41,22 +46,31 @@ def sweep(scale: str) -> Sweep:
   quiet = {"train.progress": False, "eval.sample_tokens": 0, **s["model"]}
   stages = (
       Stage("pretrain", "configs/pretrain_shakespeare.py", {**quiet, **(s["pretrain"] or {}), "seed": 0}),
-      Stage("sft", "configs/sft_addition.py", {**quiet, **s["sft"], "seed": 0}, init_from="pretrain"),
+      Stage("sft", "configs/sft_addition.py", {**quiet, **s["sft"]}, init_from="pretrain"),
       Stage("rm", "configs/reward_model.py", {**quiet, **s["rm"]}, init_from="sft"),
       Stage("pg", "configs/pg_reward_model.py", {**quiet, **s["pg"]}, init_from="sft",
             links={"objective.reward_args.reward_model": "rm"}),
+      Stage("pg_leash", "configs/pg_reward_model.py", {**quiet, **s["pg"], "objective.kl_coef": LEASH},
+            init_from="sft", links={"objective.reward_args.reward_model": "rm"}),
+      # no link to the reward model, so the noise levels of a seed share this run
+      Stage("pg_true", "configs/pg_reward_model.py", {**quiet, **s["pg"], "objective.rewards": "simulated:1.0"},
+            init_from="sft"),
       Stage("dpo", "configs/dpo.py", {**quiet, **s["dpo"]}, init_from="sft"))
 
   def measure(trial) -> dict:
     return measure_trial(trial["dirs"], s["prompts"])
 
   # "objective.noise" is a key of the rm and dpo configs only: both read pairs judged at that noise
-  return Sweep(name="preferences", stages=stages, space={"objective.noise": grid(*NOISE)}, seeds=(0,),
+  return Sweep(name="preferences", stages=stages, space={"objective.noise": grid(*NOISE)}, seeds=s["seeds"],
                metric="rm.utility_accuracy", direction="maximize", measure=measure, plot=plot,
-               report=("rm.pair_accuracy", "rm.eval_label_agreement", "pg.peak_step", "pg.utility_at_peak",
-                       "pg.utility_final", "pg.learned_at_peak", "pg.learned_final", "pg.win_rate",
-                       "dpo.win_rate", "pg.greedy_win_rate", "dpo.greedy_win_rate", "sft.utility", "pg.utility",
-                       "dpo.utility", "sft.bits_per_byte", "pg.bits_per_byte", "dpo.bits_per_byte"))
+               report=("rm.pair_accuracy", "rm.eval_label_agreement",
+                       *[f"{rl}.{k}" for rl in RL for k in ("peak_step", "utility_start", "utility_at_peak",
+                                                             "utility_final", "learned_start", "learned_final",
+                                                             "kl_final")],
+                       *[f"pg_true.{k}" for k in ("peak_step", "utility_start", "utility_at_peak", "utility_final",
+                                                  "kl_final")],
+                       *[f"{m}.{k}" for m in MODELS for k in (
+                           "win_rate", "greedy_win_rate", "utility", "checker_exact", "bits_per_byte")]))
 
 
 def measure_trial(dirs: dict, n_prompts: int) -> dict:
@@ -73,7 +87,7 @@ def measure_trial(dirs: dict, n_prompts: int) -> dict:
   prompts = [ex.prompt for ex in task.examples("test", n_prompts, seed=0)]
   key, n_new = jax.random.PRNGKey(1234), config.objective.max_new_tokens
   out, answers = {}, {}
-  for stage in ("sft", "pg", "dpo"):
+  for stage in MODELS:
     setup, params = runs.load(dirs[stage])
     with setup.use():
       for t, name in ((1.0, "sampled"), (0.0, "greedy")):
@@ -83,56 +97,73 @@ def measure_trial(dirs: dict, n_prompts: int) -> dict:
       r = simulated_annotator.compare(annotator, prompts, answers[stage, name], answers["sft", name])
       out.update({f"{stage}.{prefix}{k}": v for k, v in r.items() if k != "start_utility"})
     out[f"{stage}.bits_per_byte"] = sweep_lib.last_eval(dirs[stage])["bits_per_byte"]
-  out.update({f"pg.{k}": v for k, v in proxy_curve(dirs["pg"]).items() if k != "curve"})
+  for rl in RL + ("pg_true",):
+    out.update({f"{rl}.{k}": v for k, v in proxy_curve(dirs[rl]).items() if k != "curve"})
   rm = sweep_lib.last_eval(dirs["rm"])
   out.update({f"rm.{k}": rm[k] for k in ("pair_accuracy", "utility_accuracy", "eval_label_agreement")})
   return out
 
 
-def proxy_curve(run_dir: str, window: int = 5) -> dict:
-  """The RLHF run's learned reward and true utility per logged step (means of each rollout), smoothed over
-  `window` logged steps; where the true utility peaks, and both there and at the end."""
+def proxy_curve(run_dir: str, window: int = 3) -> dict:
+  """The RLHF run's learned reward, true utility and KL to the SFT model (per answer, summed over its tokens) per
+  logged step (means of each rollout), smoothed over `window` logged steps; where the true utility peaks, and
+  all three there and at the end."""
   import numpy as np
   events = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
   train = [e for e in events if e["split"] == "train" and "reward_simulated" in e]
   steps = np.array([e["step"] for e in train])
   smooth = lambda x: np.convolve(x, np.ones(window) / window, mode="valid") if len(x) >= window else np.asarray(x)
-  true, learned = smooth([e["reward_simulated"] for e in train]), smooth([e["reward_reward_model"] for e in train])
+  true = smooth([e["reward_simulated"] for e in train])
+  learned = smooth([e.get("reward_reward_model", np.nan) for e in train])  # nan in the run against the true utility
+  kl = smooth([e["rollout_kl_seq"] for e in train])
   steps = steps[len(steps) - len(true):]
   peak = int(np.argmax(true))
   return {"peak_step": int(steps[peak]), "utility_at_peak": float(true[peak]), "utility_final": float(true[-1]),
           "learned_at_peak": float(learned[peak]), "learned_final": float(learned[-1]),
-          "utility_start": float(true[0]), "learned_start": float(learned[0]),
-          "curve": {"step": steps.tolist(), "true": true.tolist(), "learned": learned.tolist()}}
+          "utility_start": float(true[0]), "learned_start": float(learned[0]), "kl_final": float(kl[-1]),
+          "curve": {"step": steps.tolist(), "true": true.tolist(), "learned": learned.tolist(), "kl": kl.tolist()}}
 
 
 def plot(rows, out_dir) -> list:
-  """Per noise level: the RLHF run's learned reward and true utility against steps (smoothed rollout means), and
-  held-out greedy exact match at its evals."""
+  """Per noise level (columns), for both RLHF runs (solid: KL coefficient 0.02, dashed: LEASH): top, the learned
+  reward GRPO maximises and the true (hidden) utility of the same rollouts against steps; bottom, the true utility
+  against the KL to the SFT model those steps cost. Means over seeds (smoothed rollout means)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import numpy as np
   done = [r for r in rows if r["status"] == "done"]
+  noises = sorted({r["params"].get("objective.noise") for r in done})
   if not done:
     return []
-  fig, axes = plt.subplots(1, len(done), figsize=(5.5 * len(done), 4), squeeze=False)
-  for ax, r in zip(axes[0], done):
-    c = proxy_curve(r["dirs"]["pg"])["curve"]
-    ax.plot(c["step"], c["learned"], color="tab:blue", label="learned reward (what GRPO maximises)")
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("learned reward", color="tab:blue")
-    twin = ax.twinx()
-    twin.plot(c["step"], c["true"], color="tab:red", label="true (hidden) utility")
+  fig, axes = plt.subplots(2, len(noises), figsize=(6 * len(noises), 7.5), squeeze=False)
+  for col, noise in enumerate(noises):
+    trials = [r for r in done if r["params"].get("objective.noise") == noise]
+    top, twin, bottom = axes[0][col], axes[0][col].twinx(), axes[1][col]
+    for rl, style in zip(RL, ("-", "--")):
+      curves = [proxy_curve(r["dirs"][rl])["curve"] for r in trials]
+      n = min(len(c["step"]) for c in curves)
+      mean = {k: np.mean([c[k][:n] for c in curves], 0) for k in ("true", "learned", "kl")}
+      step, coef = curves[0]["step"][:n], "0.02" if rl == "pg" else f"{LEASH:g}"
+      top.plot(step, mean["learned"], style, color="tab:blue", label=f"learned reward, KL coef {coef}")
+      twin.plot(step, mean["true"], style, color="tab:red", label=f"true utility, KL coef {coef}")
+      bottom.plot(mean["kl"], mean["true"], style, color="tab:red", label=f"against the learned reward, KL coef {coef}")
+    gold = [proxy_curve(r["dirs"]["pg_true"])["curve"] for r in trials]
+    n = min(len(c["step"]) for c in gold)
+    gold = {k: np.mean([c[k][:n] for c in gold], 0) for k in ("step", "true", "kl")}
+    twin.plot(gold["step"], gold["true"], color="tab:green", label="true utility, GRPO against it (ceiling)")
+    bottom.plot(gold["kl"], gold["true"], color="tab:green", label="against the true utility (ceiling)")
+    top.set_xlabel("GRPO step")
+    top.set_ylabel("learned reward (proxy)", color="tab:blue")
     twin.set_ylabel("true utility of the rollouts", color="tab:red")
-    events = [json.loads(line) for line in open(os.path.join(r["dirs"]["pg"], "metrics.jsonl"))]
-    evals = [e for e in events if e["split"] == "eval" and "exact_match" in e]
-    twin.plot([e["step"] for e in evals], [e["exact_match"] for e in evals], "o--", color="tab:gray",
-              label="greedy exact match (checker)")
-    ax.set_title(f"annotator noise {r['params'].get('objective.noise')}: reward model "
-                 f"{r['metrics'].get('rm.utility_accuracy', float('nan')):.2f} utility accuracy", fontsize=9)
-    lines = ax.get_legend_handles_labels()
-    more = twin.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="lower right")
+    acc = np.mean([r["metrics"].get("rm.utility_accuracy", float("nan")) for r in trials])
+    top.set_title(f"annotator noise {noise}: reward model {acc:.2f} utility accuracy ({len(trials)} seeds)",
+                  fontsize=9)
+    lines, more = top.get_legend_handles_labels(), twin.get_legend_handles_labels()
+    top.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="lower left")
+    bottom.set_xlabel("KL to the SFT model (nats per answer)")
+    bottom.set_ylabel("true utility of the rollouts")
+    bottom.legend(fontsize=7)
   fig.suptitle("RLHF against a learned reward: proxy vs true utility")
   fig.tight_layout()
   path = os.path.join(out_dir, "rlhf_proxy_vs_true.png")

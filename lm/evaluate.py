@@ -1,6 +1,5 @@
 """Evaluation shared by every stage. Held-out bits per byte here; task metrics live beside it."""
 import dataclasses
-import functools
 import math
 
 import jax
@@ -13,11 +12,13 @@ from lm.losses import apply_lm, token_nll
 from lm.options import option
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
 def _nll_sums(model, params, batch, bytes_per_token):
   nll, _ = token_nll(apply_lm(model, params, batch), batch["targets"])
   w = batch["weights"]
   return {"nll": (nll * w).sum(), "tokens": w.sum(), "bytes": (bytes_per_token[batch["targets"]] * w).sum()}
+
+
+_jit_nll_sums = jax.jit(_nll_sums, static_argnames=("model",))  # not a decorator: mutmut skips decorated functions
 
 
 def bits_per_byte(model, params, batches, tokenizer, mesh) -> dict:
@@ -26,7 +27,7 @@ def bits_per_byte(model, params, batches, tokenizer, mesh) -> dict:
   # Sums stay on device until the end, so the host never waits on a batch it has just dispatched.
   total = {"nll": 0.0, "tokens": 0.0, "bytes": 0.0}
   for local in batches:
-    total = jax.tree.map(jnp.add, total, _nll_sums(model, params, sharding.global_batch(local, mesh), bpt))
+    total = jax.tree.map(jnp.add, total, _jit_nll_sums(model, params, sharding.global_batch(local, mesh), bpt))
   total = {k: float(v) for k, v in total.items()}
   return {"loss": total["nll"] / max(total["tokens"], 1.0),
           "bits_per_byte": total["nll"] / math.log(2) / max(total["bytes"], 1.0),
@@ -39,12 +40,11 @@ def bits_per_byte(model, params, batches, tokenizer, mesh) -> dict:
 def pass_at_k(n: int, c: int, k: int) -> float:
   """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k) (Chen et al., 2021).
 
-  The product form avoids the huge binomials: C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i).
+  The product form avoids the huge binomials: C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i). When fewer than
+  k samples are wrong (n - c < k) the product holds the factor i = k, exactly 0, so pass@k is exactly 1.
   """
   if not 0 <= c <= n or not 1 <= k <= n:
     raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
-  if n - c < k:
-    return 1.0
   return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 

@@ -27,10 +27,10 @@ def lm_loss(logits, batch, z_loss: float = 0.0):
   return loss, metrics
 
 
-def apply_lm(model, params, batch, rng=None, **kw):
+def apply_lm(model, params, batch, rng=None):
   """Logits for a token batch (inputs, positions, segment_ids); dropout is on iff an rng is given."""
   logits, _ = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"],
-                          deterministic=rng is None, rngs={"dropout": rng} if rng is not None else None, **kw)
+                          deterministic=rng is None, rngs={"dropout": rng} if rng is not None else None)
   return logits
 
 

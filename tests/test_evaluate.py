@@ -38,9 +38,9 @@ def test_pass_at_k_agrees_with_monte_carlo():
 
 
 def test_pass_at_k_rejects_impossible_counts():
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n=4 c=5 k=1"):
     evaluate.pass_at_k(4, 5, 1)
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="got n=4 c=1 k=5"):
     evaluate.pass_at_k(4, 1, 5)
 
 
@@ -127,3 +127,9 @@ def test_bits_per_byte_divides_by_bytes_not_tokens():
   np.testing.assert_allclose(got["bits_per_byte"], (nll * w).sum() / np.log(2) / n_bytes, rtol=1e-5)
   np.testing.assert_allclose(got["loss"], (nll * w).sum() / w.sum(), rtol=1e-5)
   assert got["eval_tokens"] == int(w.sum())
+  one = np.zeros_like(w)
+  one[0, 20] = 1.0  # a single one-byte target: the sums are divided by 1, not floored higher
+  assert tok.bytes_per_token()[targets[0, 20]] == 1
+  with setup.use():
+    got = evaluate.bits_per_byte(setup.model, params, [{**batch, "weights": one}], tok, setup.mesh)
+  np.testing.assert_allclose([got["loss"], got["bits_per_byte"]], [nll[0, 20], nll[0, 20] / np.log(2)], rtol=1e-5)

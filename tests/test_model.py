@@ -40,6 +40,39 @@ def test_loss_matches_numpy_cross_entropy():
   logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
   nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
   np.testing.assert_allclose(float(loss), (nll * weights).sum() / weights.sum(), rtol=1e-5)
+  one = np.zeros_like(weights)
+  one[2, 3] = 1.0  # a single target token: its own NLL
+  loss, metrics = losses.lm_loss(jnp.asarray(logits), {"targets": jnp.asarray(targets), "weights": jnp.asarray(one)})
+  np.testing.assert_allclose([float(loss), float(metrics["loss"]), float(metrics["tokens"])], [nll[2, 3], nll[2, 3], 1],
+                             rtol=1e-5)
+
+
+def test_train_loss_is_the_nll_plus_z_loss_and_uses_the_rng_for_dropout():
+  model, params = build(GPT)
+  rng = np.random.default_rng(3)
+  tokens = rng.integers(0, 256, size=(2, 9)).astype(np.int32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "positions": np.broadcast_to(np.arange(8), (2, 8)),
+           "segment_ids": np.ones((2, 8), np.int32), "weights": (rng.random((2, 8)) > 0.3).astype(np.float32)}
+  logits = np.asarray(jitted(model)({"params": params}, jnp.asarray(batch["inputs"]))[0], np.float64)
+  logz = np.log(np.exp(logits).sum(-1))
+  nll = logz - np.take_along_axis(logits, batch["targets"][..., None], -1)[..., 0]
+  w = batch["weights"]
+  for z in (0.0, 0.1):
+    loss, metrics = jax.jit(losses.token_loss_fn(model, z))(params, batch, None)
+    want = (nll * w).sum() / w.sum() + z * (logz ** 2 * w).sum() / w.sum()
+    assert float(loss) == pytest.approx(want, rel=1e-5), z
+    if z:
+      assert float(metrics["z_loss"]) == pytest.approx(z * (logz ** 2 * w).sum() / w.sum(), rel=1e-5)
+    else:
+      assert "z_loss" not in metrics
+  # with dropout the train loss gets the step's rng: two keys, two losses
+  model, params = build({"model.dropout": 0.5})
+  loss_fn = jax.jit(losses.token_loss_fn(model))
+  a, b = (float(loss_fn(params, batch, jax.random.PRNGKey(i))[0]) for i in (1, 2))
+  assert a != b
+  # and without one (evaluation) dropout is off: the logits of the deterministic model
+  np.testing.assert_array_equal(jax.jit(lambda p: losses.apply_lm(model, p, batch))(params),
+                                jitted(model)({"params": params}, jnp.asarray(batch["inputs"]))[0])
 
 
 @pytest.mark.parametrize("overrides", [GPT, LLAMA, MISTRAL], ids=["gpt2", "llama", "mistral"])

@@ -62,11 +62,36 @@ def test_dpo_equals_numpy_and_its_gradient_finite_differences(loss):
   check_grads(lambda *a: pairwise.dpo(*a, beta, loss)[0], reference, args)
 
 
+def test_dpo_defaults_to_the_sigmoid_loss_and_names_an_unknown_one():
+  args = [RNG.normal(size=3) for _ in range(4)]
+  np.testing.assert_array_equal(np.asarray(pairwise.dpo(*args, 0.5)[0]), np.asarray(pairwise.dpo(*args, 0.5, "sigmoid")[0]))
+  with pytest.raises(ValueError, match="unknown DPO loss 'hinge'; use one of"):
+    pairwise.dpo(*args, 0.5, "hinge")
+
+
+def test_mean_is_over_the_weighted_pairs_only():
+  x = jnp.array([3.0, 5.0, 100.0])
+  assert float(pairwise.mean(x, jnp.array([1.0, 0.0, 0.0]))) == 3.0  # one real pair: its own value
+  assert float(pairwise.mean(x, jnp.array([1.0, 1.0, 0.0]))) == 4.0
+  assert float(pairwise.mean(x, jnp.zeros(3))) == 0.0  # an all-padding batch: 0, not nan
+
+
+def test_utility_accuracy_equals_a_loop_over_pairs_whose_utilities_differ():
+  scores, utility = RNG.normal(size=(50, 2)), RNG.integers(0, 3, size=(50, 2)).astype(float)
+  scores[:5, 1] = scores[:5, 0]  # tied scores never agree with a strict utility order
+  want = [np.sign(s[0] - s[1]) == np.sign(u[0] - u[1]) for s, u in zip(scores, utility) if u[0] != u[1]]
+  assert pairwise.utility_accuracy(scores, utility) == pytest.approx(np.mean(want))
+  assert math.isnan(pairwise.utility_accuracy(scores, np.ones((50, 2))))
+
+
 def test_pair_metrics_count_ties_half():
-  m = pairwise.pair_metrics(jnp.array([2.0, 1.0, 0.0, 5.0]), jnp.array([1.0, 1.0, 3.0, 0.0]),
-                            jnp.array([1.0, 1.0, 1.0, 0.0]))
-  assert float(m["accuracy"]) == pytest.approx(1.5 / 3)
-  assert float(m["margin"]) == pytest.approx((1 + 0 - 3) / 3)
+  # a win, a tie, two losses and a padding pair: as many ties as losses would hide a tie and a loss swapping values
+  chosen, rejected = jnp.array([2.0, 1.0, 0.0, 0.0, 5.0]), jnp.array([1.0, 1.0, 3.0, 4.0, 0.0])
+  m = pairwise.pair_metrics(chosen, rejected, jnp.array([1.0, 1.0, 1.0, 1.0, 0.0]), "eval_")
+  assert float(m["eval_accuracy"]) == pytest.approx(1.5 / 4)
+  assert float(m["eval_margin"]) == pytest.approx((1 + 0 - 3 - 4) / 4)
+  assert (float(m["eval_chosen"]), float(m["eval_rejected"])) == pytest.approx((3 / 4, 9 / 4))
+  assert float(pairwise.pair_metrics(chosen, rejected)["accuracy"]) == pytest.approx(2.5 / 5)  # no weight: all pairs
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ def test_group_advantages_match_numpy():
   np.testing.assert_allclose(adv_lib.group_normalised(jnp.asarray(r), "batch_std"), (r - mean) / (r.std(ddof=1) + 1e-4),
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(adv_lib.group_normalised(jnp.asarray(r), "none"), r - mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(adv_lib.group_normalised(jnp.asarray(r)),  # GRPO's default: the group's std
+                                adv_lib.group_normalised(jnp.asarray(r), "group_std"))
   assert np.all(np.asarray(adv_lib.group_normalised(jnp.asarray(r), "group_std"))[2] == 0)
 
 
@@ -64,3 +66,20 @@ def test_estimators_are_registered_by_name():
   assert adv_lib.get("leave_one_out") is adv_lib.leave_one_out
   with pytest.raises(ValueError, match="unknown advantage estimator"):
     adv_lib.get("nope")
+
+
+def test_estimators_are_registered_by_name_and_an_unknown_one_lists_them():
+  assert adv_lib.get("leave_one_out") is adv_lib.leave_one_out and adv_lib.get("gae") is adv_lib.gae
+  with pytest.raises(ValueError, match="unknown advantage estimator 'rlhf'; registered: batch_mean, gae, "):
+    adv_lib.get("rlhf")
+
+
+def test_whiten_of_one_or_no_valid_entry_is_zero_not_nan():
+  x = jnp.asarray([[3.0, -2.0, 7.0]])
+  np.testing.assert_array_equal(adv_lib.whiten(x, jnp.asarray([[True, False, False]])), [[0.0, 0.0, 0.0]])
+  np.testing.assert_array_equal(adv_lib.whiten(x, jnp.zeros((1, 3), bool)), [[0.0, 0.0, 0.0]])
+
+
+def test_an_unknown_grpo_scale_is_named():
+  with pytest.raises(ValueError, match="unknown advantage scale 'std'; use group_std, batch_std or none"):
+    adv_lib.group_normalised(jnp.ones((2, 4)), "std")

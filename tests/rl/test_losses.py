@@ -52,9 +52,10 @@ def np_value_loss(v, old, ret, clip):
 
 @pytest.mark.parametrize("clip", [0.2, 0.5])
 def test_clipped_value_loss_matches_numpy(clip):
-  old = np.zeros(9)
-  v = np.array([-1.0, -0.3, -0.1, 0.0, 0.1, 0.3, 1.0, 0.9, -0.6])  # inside and outside the clip range
-  ret = np.array([0.5, -1.0, 2.0, 0.0, -2.0, 1.0, -0.5, 0.8, -0.1])  # returns on either side
+  # the last two: V within the clip range of a large old value (clipping V + old instead of V - old would bind)
+  old = np.array([0.3, -0.2, 0.5, 0.0, -0.4, 0.1, 0.6, -0.1, 0.2, 1.0, -1.0])
+  v = old + np.array([-1.0, -0.3, -0.1, 0.0, 0.1, 0.3, 1.0, 0.9, -0.6, 0.1, -0.05])  # inside and outside the range
+  ret = np.array([0.5, -1.0, 2.0, 0.0, -2.0, 1.0, -0.5, 0.8, -0.1, -1.0, 1.0])  # returns on either side
   got, clipped = losses.value_loss(jnp.asarray(v, jnp.float32), jnp.asarray(old, jnp.float32),
                                    jnp.asarray(ret, jnp.float32), clip)
   np.testing.assert_allclose(got, np_value_loss(v, old, ret, clip), rtol=1e-6, atol=1e-7)
@@ -76,3 +77,9 @@ def test_aggregations_match_numpy():
                                                               for i in range(3)]), rel=1e-5)
   assert agg("seq_mean_token_sum") == pytest.approx((x * mask).sum() / 3, rel=1e-5)
   assert agg("seq_mean_token_sum_norm") == pytest.approx((x * mask).sum() / 15, rel=1e-5)
+  one = np.zeros((3, 5), bool)
+  one[1, 2] = True  # a batch with a single answer token: its own value
+  assert float(losses.aggregate(jnp.asarray(x, jnp.float32), jnp.asarray(one), "token_mean", 5)) == pytest.approx(
+      x[1, 2], rel=1e-6)
+  with pytest.raises(ValueError, match="unknown loss aggregation 'sum'; use one of"):
+    agg("sum")
