@@ -39,6 +39,7 @@ NOISE = (0.0, 0.2)
 LEASH = 0.2  # the second RLHF run's KL coefficient (configs/pg_reward_model.py's is 0.02)
 RL = ("pg", "pg_leash")  # against the learned reward
 MODELS = ("sft",) + RL + ("pg_true", "dpo")
+CURVE_KEYS = ("peak_step", "utility_start", "utility_at_peak", "utility_final", "kl_final")  # + learned_* for RL
 
 
 def sweep(scale: str) -> Sweep:
@@ -64,11 +65,8 @@ def sweep(scale: str) -> Sweep:
   return Sweep(name="preferences", stages=stages, space={"objective.noise": grid(*NOISE)}, seeds=s["seeds"],
                metric="rm.utility_accuracy", direction="maximize", measure=measure, plot=plot,
                report=("rm.pair_accuracy", "rm.eval_label_agreement",
-                       *[f"{rl}.{k}" for rl in RL for k in ("peak_step", "utility_start", "utility_at_peak",
-                                                             "utility_final", "learned_start", "learned_final",
-                                                             "kl_final")],
-                       *[f"pg_true.{k}" for k in ("peak_step", "utility_start", "utility_at_peak", "utility_final",
-                                                  "kl_final")],
+                       *[f"{rl}.{k}" for rl in RL for k in CURVE_KEYS + ("learned_start", "learned_final")],
+                       *[f"pg_true.{k}" for k in CURVE_KEYS],
                        *[f"{m}.{k}" for m in MODELS for k in (
                            "win_rate", "greedy_win_rate", "utility", "checker_exact", "bits_per_byte")]))
 
@@ -113,15 +111,26 @@ def proxy_curve(run_dir: str, window: int = 3) -> dict:
   train = [e for e in events if e["split"] == "train" and "reward_simulated" in e]
   steps = np.array([e["step"] for e in train])
   smooth = lambda x: np.convolve(x, np.ones(window) / window, mode="valid") if len(x) >= window else np.asarray(x)
-  true = smooth([e["reward_simulated"] for e in train])
-  learned = smooth([e.get("reward_reward_model", np.nan) for e in train])  # nan in the run against the true utility
-  kl = smooth([e["rollout_kl_seq"] for e in train])
-  steps = steps[len(steps) - len(true):]
+  curve = {"true": smooth([e["reward_simulated"] for e in train]), "kl": smooth([e["rollout_kl_seq"] for e in train])}
+  if "reward_reward_model" in train[0]:  # not in the run against the true utility
+    curve["learned"] = smooth([e["reward_reward_model"] for e in train])
+  true, steps = curve["true"], steps[len(steps) - len(curve["true"]):]
   peak = int(np.argmax(true))
-  return {"peak_step": int(steps[peak]), "utility_at_peak": float(true[peak]), "utility_final": float(true[-1]),
-          "learned_at_peak": float(learned[peak]), "learned_final": float(learned[-1]),
-          "utility_start": float(true[0]), "learned_start": float(learned[0]), "kl_final": float(kl[-1]),
-          "curve": {"step": steps.tolist(), "true": true.tolist(), "learned": learned.tolist(), "kl": kl.tolist()}}
+  out = {"peak_step": int(steps[peak]), "utility_at_peak": float(true[peak]), "utility_final": float(true[-1]),
+         "utility_start": float(true[0]), "kl_final": float(curve["kl"][-1]),
+         "curve": {"step": steps.tolist(), **{k: v.tolist() for k, v in curve.items()}}}
+  if "learned" in curve:
+    out.update(learned_at_peak=float(curve["learned"][peak]), learned_final=float(curve["learned"][-1]),
+               learned_start=float(curve["learned"][0]))
+  return out
+
+
+def mean_curve(trials: list, stage: str) -> dict:
+  """proxy_curve's smoothed curves of one stage, averaged over trials (seeds), cut to the shortest run."""
+  import numpy as np
+  curves = [proxy_curve(r["dirs"][stage])["curve"] for r in trials]
+  n = min(len(c["step"]) for c in curves)
+  return {k: np.mean([c[k][:n] for c in curves], 0) for k in curves[0]}
 
 
 def plot(rows, out_dir) -> list:
@@ -132,25 +141,22 @@ def plot(rows, out_dir) -> list:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
+  from lm import runs
   done = [r for r in rows if r["status"] == "done"]
-  noises = sorted({r["params"].get("objective.noise") for r in done})
   if not done:
     return []
+  noises = sorted({r["params"].get("objective.noise") for r in done})
   fig, axes = plt.subplots(2, len(noises), figsize=(6 * len(noises), 7.5), squeeze=False)
   for col, noise in enumerate(noises):
     trials = [r for r in done if r["params"].get("objective.noise") == noise]
     top, twin, bottom = axes[0][col], axes[0][col].twinx(), axes[1][col]
     for rl, style in zip(RL, ("-", "--")):
-      curves = [proxy_curve(r["dirs"][rl])["curve"] for r in trials]
-      n = min(len(c["step"]) for c in curves)
-      mean = {k: np.mean([c[k][:n] for c in curves], 0) for k in ("true", "learned", "kl")}
-      step, coef = curves[0]["step"][:n], "0.02" if rl == "pg" else f"{LEASH:g}"
-      top.plot(step, mean["learned"], style, color="tab:blue", label=f"learned reward, KL coef {coef}")
-      twin.plot(step, mean["true"], style, color="tab:red", label=f"true utility, KL coef {coef}")
-      bottom.plot(mean["kl"], mean["true"], style, color="tab:red", label=f"against the learned reward, KL coef {coef}")
-    gold = [proxy_curve(r["dirs"]["pg_true"])["curve"] for r in trials]
-    n = min(len(c["step"]) for c in gold)
-    gold = {k: np.mean([c[k][:n] for c in gold], 0) for k in ("step", "true", "kl")}
+      mean, coef = mean_curve(trials, rl), runs.load_config(trials[0]["dirs"][rl]).objective.kl_coef
+      top.plot(mean["step"], mean["learned"], style, color="tab:blue", label=f"learned reward, KL coef {coef:g}")
+      twin.plot(mean["step"], mean["true"], style, color="tab:red", label=f"true utility, KL coef {coef:g}")
+      bottom.plot(mean["kl"], mean["true"], style, color="tab:red",
+                  label=f"against the learned reward, KL coef {coef:g}")
+    gold = mean_curve(trials, "pg_true")
     twin.plot(gold["step"], gold["true"], color="tab:green", label="true utility, GRPO against it (ceiling)")
     bottom.plot(gold["kl"], gold["true"], color="tab:green", label="against the true utility (ceiling)")
     top.set_xlabel("GRPO step")
