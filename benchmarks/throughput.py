@@ -45,6 +45,7 @@ def peak_flops(device) -> float | None:
 def main(argv):
   del argv
   config = _CONFIG.value
+  t_setup = time.perf_counter()
   setup = Setup(config)
   t, seq = config.train, config.data.seq_len
   rng = np.random.default_rng(0)
@@ -58,7 +59,9 @@ def main(argv):
     step = step_lib.jit_train_step(step_lib.make_train_step(loss_fn, optimizer, schedule, t.grad_accum), shardings,
                                    setup.mesh)
     batch = sharding.global_batch(source(0), setup.mesh)
+    jax.block_until_ready(state)
     t0 = time.perf_counter()
+    setup_s = t0 - t_setup
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     for i in range(_WARMUP.value):
@@ -80,12 +83,16 @@ def main(argv):
       ("params", f"{model_lib.count_params(state.params):,}"),
       ("batch x seq", f"{t.batch_size} x {seq} = {tokens_per_step:,} tokens/step"),
       ("dtype / remat", f"{cfg.dtype} / {cfg.remat}"),
+      ("setup time", f"{setup_s:.2f} s (mesh, params, optimizer state)"),
       ("compile time", f"{compile_s:.2f} s"),
       ("step time", f"{dt * 1e3:.2f} ms (mean of {_STEPS.value})"),
       ("tokens/s", f"{tokens_per_step / dt:,.0f}"),
       ("model TFLOP/s", f"{flops_per_step / dt / 1e12:.3f}"),
       ("MFU", f"{100 * flops_per_step / dt / (peak * setup.mesh.size):.1f}%" if peak else "n/a (unknown peak)"),
   ]
+  stats = device.memory_stats()  # None on the CPU backend
+  if stats and "peak_bytes_in_use" in stats:
+    rows.append(("peak device memory", f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB"))
   width = max(len(r[0]) for r in rows)
   for name, value in rows:
     print(f"{name:<{width}}  {value}")
