@@ -19,6 +19,7 @@ lr 1e-3 with 100 warm-up steps, cosine to 1e-4 at step 2000 (then 1e-4), grad cl
 threads. nanoGPT reports val loss 1.88 at step 2000 on its own split; it runs here until --target or
 --max_torch_steps. Needs torch (the `test` extra). Prints a table; asserts nothing.
 """
+import dataclasses
 import json
 import os
 import statistics
@@ -144,29 +145,38 @@ def run_ours(config, seed: int, eval_tokens: int, target: float) -> dict:
   rows = config.train.batch_size * config.data.seq_len
   if eval_tokens % rows:
     raise SystemExit(f"--eval_tokens={eval_tokens} is not a whole number of steps of {rows} tokens")
-  every = eval_tokens // rows
   config.seed = seed
   config.train.progress = False
-  config.eval.update(every=10**9, max_batches=0, sample_tokens=0)  # the hook below evaluates, on our cadence
+  config.eval.update(every=eval_tokens // rows, max_batches=0, sample_tokens=0)
   config.checkpoint.every = 10**9
   evals, state = [], {"eval_s": 0.0}
+  evaluation = hooks_lib.evaluation
 
-  def hook(info):
-    e0 = time.perf_counter()
-    if "fn" not in state:
-      state["fn"] = hooks_lib.evaluation(info.setup, info.objective).fn
-    loss = state["fn"](info)["loss"]
-    state["eval_s"] += time.perf_counter() - e0
-    evals.append((info.step, loss))
-    if loss <= target:
-      raise Reached
+  def timed_evaluation(setup, objective):
+    """The loop's own evaluation hook, timed, stopping the run at the target. (A second hook beside it would
+    evaluate the last step twice: the loop always evaluates its last step.)"""
+    hook = evaluation(setup, objective)
+
+    def fn(info):
+      e0 = time.perf_counter()
+      result = hook.fn(info)
+      state["eval_s"] += time.perf_counter() - e0
+      evals.append((info.step, result["loss"]))
+      if result["loss"] <= target:
+        raise Reached
+      return result
+
+    return dataclasses.replace(hook, fn=fn)
 
   t0 = time.perf_counter()
+  hooks_lib.evaluation = timed_evaluation  # lm.hooks.defaults builds the loop's hooks through this name
   with tempfile.TemporaryDirectory() as workdir:
     try:
-      train.run(config, workdir, hooks=[hooks_lib.Hook(hook, every=every, at_end=False)])
+      train.run(config, workdir)
     except Reached:
       pass
+    finally:
+      hooks_lib.evaluation = evaluation
   wall = time.perf_counter() - t0
   step, loss = evals[-1] if evals else (config.train.steps, float("nan"))
   return {"side": "ours", "seed": seed, "reached": loss <= target, "step": step, "loss": loss,
