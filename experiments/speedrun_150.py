@@ -9,7 +9,7 @@ from lm.sweep import Stage, Sweep, int_range, loguniform, uniform
 
 SCALES = {
     "full": dict(steps=150, trials=16, model={}),
-    "smoke": dict(steps=4, trials=2,
+    "smoke": dict(steps=4, trials=1,
                   model={"model.d_model": 16, "model.n_layers": 1, "model.n_heads": 2, "model.max_len": 32,
                          "data.seq_len": 32, "train.batch_size": 8, "eval.max_batches": 1, "eval.batch_size": 8}),
 }
