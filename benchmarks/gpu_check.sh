@@ -12,6 +12,7 @@
 # into /tmp/site, put first on PYTHONPATH).
 set -u
 LOG=${1:-${OUT:-/tmp}}/gpu_check.log
+: > "$LOG"  # a fresh log: the XLA-attention fallback below reads this run's MFU line, not an earlier run's
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 PY=${PY:-python3}
 if compgen -G ".whl/*.whl" >/dev/null; then

@@ -33,6 +33,12 @@ def _per_device_bytes(abstract_tree) -> int:
   return total
 
 
+def abstract_batch(objective, mesh):
+  """The objective's train batch as ShapeDtypeStructs, sharded over the mesh's batch axes as the loop places it."""
+  bsh = sharding.batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=bsh), objective.batch_shapes())
+
+
 def plan(config) -> dict:
   setup = Setup(config)
   mesh, t = setup.mesh, config.train
@@ -50,8 +56,7 @@ def plan(config) -> dict:
     rep = sharding.replicated(mesh)
     state = step_lib.TrainState(params=params, opt_state=opt, step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
                                 rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep))
-    bsh = sharding.batch_sharding(mesh)
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=bsh), objective.batch_shapes())
+    batch = abstract_batch(objective, mesh)
     step = step_lib.jit_train_step(
         step_lib.make_train_step(objective.loss_fn, optimizer, schedule, t.grad_accum,
                                  updates_per_step=objective.updates_per_step),
