@@ -14,7 +14,6 @@ from lm import lora
 from lm import model as model_lib
 from lm import objectives
 from lm import optim
-from lm import sharding
 from lm import step as step_lib
 from lm.setup import Setup
 
@@ -33,34 +32,20 @@ def _per_device_bytes(abstract_tree) -> int:
   return total
 
 
-def abstract_batch(objective, mesh):
-  """The objective's train batch as ShapeDtypeStructs, sharded over the mesh's batch axes as the loop places it."""
-  bsh = sharding.batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=bsh), objective.batch_shapes())
-
-
 def plan(config) -> dict:
   setup = Setup(config)
   mesh, t = setup.mesh, config.train
   with setup.use():
     objective = objectives.build(setup)  # cheap: objectives read their data on the first batch
     optimizer, schedule = optim.make_optimizer(t)
-    params = setup.abstract_params(sharded=True)
-    if objective.init_params is not None:  # extra heads: replicated unless they say otherwise
-      params = _placed(jax.eval_shape(objective.init_params, jax.random.PRNGKey(0), params), mesh)
+    state = step_lib.abstract_state(setup, objective, optimizer)
+    params, opt = state.params, state.opt_state
     trainable = lora.split(params)[0]
-    p_shard = jax.tree.map(lambda x: x.sharding, trainable)
-    opt_shard = sharding.opt_state_shardings(optimizer, trainable, p_shard, mesh)
-    opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                       jax.eval_shape(optimizer.init, trainable), opt_shard)
-    rep = sharding.replicated(mesh)
-    state = step_lib.TrainState(params=params, opt_state=opt, step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
-                                rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep))
-    batch = abstract_batch(objective, mesh)
+    batch = step_lib.abstract_batch(objective, mesh)
     step = step_lib.jit_train_step(
         step_lib.make_train_step(objective.loss_fn, optimizer, schedule, t.grad_accum,
                                  updates_per_step=objective.updates_per_step),
-        jax.tree.map(lambda x: x.sharding, state), mesh)
+        step_lib.shardings(state), mesh)
     t0 = time.time()
     compiled = step.lower(state, batch).compile()
     compile_s = time.time() - t0
@@ -80,13 +65,6 @@ def plan(config) -> dict:
       "alias_bytes_per_device": int(getattr(mem, "alias_size_in_bytes", 0)),
       "compile_s": compile_s,
   }
-
-
-def _placed(tree, mesh):
-  """Abstract leaves without a sharding (new heads) -> replicated over the mesh."""
-  rep = sharding.replicated(mesh)
-  return jax.tree.map(lambda x: x if getattr(x, "sharding", None) is not None else
-                      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
 
 
 def run(config):

@@ -8,6 +8,7 @@ import numpy as np
 
 from lm import options
 from lm import sharding
+from lm.data import lm_batches
 from lm.losses import apply_lm, token_nll
 from lm.options import option
 
@@ -21,9 +22,20 @@ def _nll_sums(model, params, batch, bytes_per_token):
 _jit_nll_sums = jax.jit(_nll_sums, static_argnames=("model",))  # not a decorator: mutmut skips decorated functions
 
 
+def _bytes_per_token(tokenizer):
+  return jnp.asarray(tokenizer.bytes_per_token(), jnp.float32)
+
+
+def compile_bits_per_byte(model, abstract_params, rows: int, seq_len: int, tokenizer, mesh):
+  """Compile bits_per_byte's batch function for [rows, seq_len] batches now; its later calls reuse it."""
+  bsh = sharding.batch_sharding(mesh)
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=bsh), lm_batches.shapes(rows, seq_len))
+  _jit_nll_sums.lower(model, abstract_params, batch, _bytes_per_token(tokenizer)).compile()
+
+
 def bits_per_byte(model, params, batches, tokenizer, mesh) -> dict:
   """loss (nats/token) and bits_per_byte over an iterable of token batches, summed exactly (no sampling)."""
-  bpt = jnp.asarray(tokenizer.bytes_per_token(), jnp.float32)
+  bpt = _bytes_per_token(tokenizer)
   # Sums stay on device until the end, so the host never waits on a batch it has just dispatched.
   total = {"nll": 0.0, "tokens": 0.0, "bytes": 0.0}
   for local in batches:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from lm import checkpoint as ckpt_lib
 from lm import config as config_lib
+from lm import cpu
 from lm import heads as heads_lib
 from lm import layer_layout
 from lm import lora as lora_lib
@@ -111,7 +112,7 @@ class Setup:
     return sharding.param_shardings(self.abstract_params(boxed=True, base=base), self.mesh, self.rules)
 
   def init_params(self, rng):
-    return jax.jit(self._fresh, out_shardings=self.param_shardings())(rng)
+    return jax.jit(self._fresh, out_shardings=self.param_shardings(), compiler_options=cpu.init_compiler_options())(rng)
 
   def load_params(self, path, rng=None, fresh: str = "", drop: str = "", step=None, drop_heads: bool = False,
                   heads: tuple = ()):
@@ -129,7 +130,8 @@ class Setup:
     """A run's starting params from another model: a Hugging Face directory, a run or checkpoint directory, or a
     LoRA run (its adapters and trained tables merged into its base); with lora.rank > 0, under fresh adapters
     (and, with lora.train_embeddings, trainable copies of the loaded tables)."""
-    base_init = lambda r: jax.jit(self._fresh_base, out_shardings=self.param_shardings(base=True))(r)
+    base_init = lambda r: jax.jit(self._fresh_base, out_shardings=self.param_shardings(base=True),
+                                  compiler_options=cpu.init_compiler_options())(r)
     abstract = self.abstract_params(sharded=True, base=True)
     if hf_load.is_hf_dir(path):
       loaded, fresh_keys = hf_load.load_params(path, self.base_model.cfg, abstract, fresh=fresh, drop=drop)

@@ -1,8 +1,11 @@
 """The train state and the one train step every objective shares: loss -> grads -> optimizer update.
 
 `make_train_step` is pure; `jit_train_step` is the one way it is compiled (training, dry run, benchmarks):
-donated state, in/out shardings, the CPU compiler options.
+donated state, in/out shardings, the CPU compiler options. `abstract_state` / `abstract_batch` describe a run's
+state and batch without allocating them (the dry run, and the train loop's compile ahead of the params).
 """
+import concurrent.futures
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -39,6 +42,58 @@ def init_state(setup, optimizer, params, seed: int) -> TrainState:
   rep = sharding.replicated(setup.mesh)
   return TrainState(params=params, opt_state=opt_state, step=jax.device_put(jnp.zeros((), jnp.int32), rep),
                     rng=jax.device_put(jax.random.fold_in(jax.random.PRNGKey(seed), 3), rep))
+
+
+def abstract_state(setup, objective, optimizer) -> TrainState:
+  """The run's TrainState as sharded ShapeDtypeStructs (jax.eval_shape): what init_state would build, unallocated."""
+  mesh = setup.mesh
+  params = setup.abstract_params(sharded=True)
+  if objective.init_params is not None:  # extra heads: replicated unless they say otherwise
+    params = _placed(jax.eval_shape(objective.init_params, jax.random.PRNGKey(0), params), mesh)
+  trainable = lora.split(params)[0]
+  p_shard = jax.tree.map(lambda x: x.sharding, trainable)
+  opt_shard = sharding.opt_state_shardings(optimizer, trainable, p_shard, mesh)
+  opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                     jax.eval_shape(optimizer.init, trainable), opt_shard)
+  rep = sharding.replicated(mesh)
+  return TrainState(params=params, opt_state=opt, step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+                    rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep))
+
+
+def abstract_batch(objective, mesh):
+  """The objective's train batch as ShapeDtypeStructs, sharded over the mesh's batch axes as the loop places it."""
+  bsh = sharding.batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=bsh), objective.batch_shapes())
+
+
+def shardings(tree):
+  return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def same_shardings(a, b) -> bool:
+  return jax.tree.structure(a) == jax.tree.structure(b) and all(
+      x.sharding == y.sharding for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def compile_ahead(setup, jitted, *abstract_args) -> concurrent.futures.Future:
+  """Lower and compile `jitted` for abstract args in a thread; a later call of `jitted` on arrays of those shapes
+  and shardings reuses the executable. XLA compiles without the GIL, so this overlaps what the caller does
+  meanwhile (the params' init and its own compile)."""
+  def work():
+    with setup.use():  # the mesh and logical-axis rules are per thread
+      return jitted.lower(*abstract_args).compile()
+
+  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_ahead")
+  future = pool.submit(work)
+  pool.shutdown(wait=False)
+  return future
+
+
+def _placed(tree, mesh):
+  """Abstract leaves without a sharding (new heads) -> replicated over the mesh."""
+  rep = sharding.replicated(mesh)
+  return jax.tree.map(lambda x: x if getattr(x, "sharding", None) is not None else
+                      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
 
 
 def make_train_step(loss_fn, optimizer, schedule, grad_accum: int = 1, skip_nonfinite: bool = False,

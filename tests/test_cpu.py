@@ -37,6 +37,20 @@ def test_cpu_compiler_options_give_the_default_compilers_losses_and_params():
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("model", [{}, {"position": "rope", "qk_norm": True, "mlp": "swiglu", "zero_init_out": True}])
+def test_init_params_at_o1_equal_the_default_compiles(model):
+  """Setup.init_params compiles at LLVM -O1 (lm/cpu.py: INIT_COMPILER_OPTIONS): the same params, bit for bit."""
+  c = tiny_config()
+  c.model.update(model)
+  setup = Setup(c)
+  with setup.use():
+    fast = setup.init_params(jax.random.PRNGKey(3))
+    default = jax.jit(setup._fresh, out_shardings=setup.param_shardings())(jax.random.PRNGKey(3))
+  assert cpu.init_compiler_options() == cpu.INIT_COMPILER_OPTIONS
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(default), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_keep_freed_memory_applies_on_glibc():
   assert cpu.keep_freed_memory()

@@ -120,3 +120,30 @@ def test_resume_with_dropout_restores_the_rng(tmp_path, shakespeare):
   assert r.returncode == 0, r.stderr[-2000:]
   assert f"resumed from {resumed}/checkpoints at step 10" in r.stderr
   assert events(resumed) == events(straight)
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "sft", "grpo"])
+def test_train_step_and_evaluation_compile_once_ahead_of_the_params(kind, tmp_path, shakespeare, caplog):
+  """lm/train.py compiles the train step from step.abstract_state while the params initialise, and the evaluation
+  beside it: the loop's own calls must reuse both executables (one lowering each), or that work was wasted."""
+  import logging
+
+  import jax
+
+  from lm import evaluate, train
+  from tests.conftest import tiny_config
+  from tests.rl.pg_helpers import pg_config
+  from tests.test_sft import sft_config
+  short = {"train.steps": 2, "eval.every": 2}
+  config = {"pretrain": lambda: tiny_config(**short), "sft": lambda: sft_config(tmp_path, **short),
+            "grpo": pg_config}[kind]()
+  caplog.set_level(logging.WARNING, logger="jax._src.interpreters.pxla")
+  evaluate._jit_nll_sums.clear_cache()  # an earlier test in this process may have compiled it for this model
+  jax.config.update("jax_log_compiles", True)  # globally: a `with` context would not reach the compile thread
+  try:
+    train.run(config, str(tmp_path / "run"))
+  finally:
+    jax.config.update("jax_log_compiles", False)
+  lowered = [r.getMessage().split(" with ")[0] for r in caplog.records if r.getMessage().startswith("Compiling jit(")]
+  assert lowered.count("Compiling jit(step)") == 1, lowered
+  assert lowered.count("Compiling jit(_nll_sums)") == 1, lowered
