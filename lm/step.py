@@ -51,8 +51,7 @@ def abstract_state(setup, objective, optimizer) -> TrainState:
   if objective.init_params is not None:  # extra heads: replicated unless they say otherwise
     params = _placed(jax.eval_shape(objective.init_params, jax.random.PRNGKey(0), params), mesh)
   trainable = lora.split(params)[0]
-  p_shard = jax.tree.map(lambda x: x.sharding, trainable)
-  opt_shard = sharding.opt_state_shardings(optimizer, trainable, p_shard, mesh)
+  opt_shard = sharding.opt_state_shardings(optimizer, trainable, shardings(trainable), mesh)
   opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                      jax.eval_shape(optimizer.init, trainable), opt_shard)
   rep = sharding.replicated(mesh)
@@ -78,7 +77,8 @@ def same_shardings(a, b) -> bool:
 def compile_ahead(setup, jitted, *abstract_args) -> concurrent.futures.Future:
   """Lower and compile `jitted` for abstract args in a thread; a later call of `jitted` on arrays of those shapes
   and shardings reuses the executable. XLA compiles without the GIL, so this overlaps what the caller does
-  meanwhile (the params' init and its own compile)."""
+  meanwhile (the params' init and its own compile). JAX options the caller set in a `with` block are per thread
+  too: under one, the first call compiles again (right, only slower)."""
   def work():
     with setup.use():  # the mesh and logical-axis rules are per thread
       return jitted.lower(*abstract_args).compile()
