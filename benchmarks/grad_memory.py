@@ -15,7 +15,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from configs import mistral_7b  # noqa: E402
-from lm import objectives, step as step_lib  # noqa: E402
+from lm import objectives, sharding  # noqa: E402
 from lm.setup import Setup  # noqa: E402
 
 for scan in (True, False):
@@ -26,7 +26,7 @@ for scan in (True, False):
   with setup.use():
     objective = objectives.build(setup)
     params = setup.abstract_params(sharded=True)
-    batch = step_lib.abstract_batch(objective, setup.mesh)
+    batch = sharding.abstract_batch(objective.batch_shapes(), setup.mesh)
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
     g = jax.jit(jax.grad(lambda p, b, r: objective.loss_fn(p, b, r)[0]))
     t0 = time.time()

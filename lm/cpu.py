@@ -5,7 +5,7 @@ Each was measured on the 2-core x86 machine of the README's results (A/B runs of
 - XLA:CPU's tree-reduction rewrite turns every reduction (each LayerNorm, softmax and loss sum) into two
   kernels; for rows of a few hundred floats that costs time and buys no accuracy worth having.
 - Param init runs once, but its threefry code took 2-4 s to compile at LLVM's -O3 for the Shakespeare models;
-  at -O1 it compiles 1.5-2x faster into bit-identical params (tests/test_setup.py checks; -O0 changes them).
+  at -O1 it compiles 1.5-2x faster into bit-identical params (tests/test_cpu.py checks; -O0 changes them).
 - A train step's temporaries are one ~40 MB block, above glibc's largest mmap threshold (32 MB), so every
   step mmaps fresh pages and faults on each of them (~10k page faults, ~25% of the step). Keeping freed
   memory in the heap removes that.

@@ -14,6 +14,7 @@ from lm import lora
 from lm import model as model_lib
 from lm import objectives
 from lm import optim
+from lm import sharding
 from lm import step as step_lib
 from lm.setup import Setup
 
@@ -41,7 +42,7 @@ def plan(config) -> dict:
     state = step_lib.abstract_state(setup, objective, optimizer)
     params, opt = state.params, state.opt_state
     trainable = lora.split(params)[0]
-    batch = step_lib.abstract_batch(objective, mesh)
+    batch = sharding.abstract_batch(objective.batch_shapes(), mesh)
     step = step_lib.jit_train_step(
         step_lib.make_train_step(objective.loss_fn, optimizer, schedule, t.grad_accum,
                                  updates_per_step=objective.updates_per_step),

@@ -28,8 +28,7 @@ def _bytes_per_token(tokenizer):
 
 def compile_bits_per_byte(model, abstract_params, rows: int, seq_len: int, tokenizer, mesh):
   """Compile bits_per_byte's batch function for [rows, seq_len] batches now; its later calls reuse it."""
-  bsh = sharding.batch_sharding(mesh)
-  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=bsh), lm_batches.shapes(rows, seq_len))
+  batch = sharding.abstract_batch(lm_batches.shapes(rows, seq_len), mesh)
   _jit_nll_sums.lower(model, abstract_params, batch, _bytes_per_token(tokenizer)).compile()
 
 

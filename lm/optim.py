@@ -108,9 +108,14 @@ def muon_dims(path, x) -> contrib.MuonDimensionNumbers:
   return contrib.MuonDimensionNumbers(lead, tuple(range(lead + 1, x.ndim)))
 
 
+def _axes(a) -> tuple:
+  """A MuonDimensionNumbers field (one axis or several) as a tuple."""
+  return (a,) if isinstance(a, int) else tuple(a)
+
+
 def _width_scale(x, dims: contrib.MuonDimensionNumbers):
   """sqrt(max(1, fan_out / fan_in)): Keller Jordan's scale that keeps the update's per-entry size width-free."""
-  size = lambda axes: math.prod(x.shape[a] for a in ((axes,) if isinstance(axes, int) else axes))
+  size = lambda axes: math.prod(x.shape[a] for a in _axes(axes))
   return x * max(1.0, size(dims.output_axis) / size(dims.reduction_axis)) ** 0.5
 
 
@@ -137,11 +142,11 @@ def newton_schulz(x, steps: int, eps: float = 1e-8):
 
 def _orthogonalise(x, dims: contrib.MuonDimensionNumbers, steps: int):
   """newton_schulz on the [batch, reduction, output] matrices that `dims` names, back in x's layout."""
-  axes = lambda a: (a,) if isinstance(a, int) else tuple(a)
-  red, out = axes(dims.reduction_axis), axes(dims.output_axis)
-  perm = [a for a in range(x.ndim) if a not in red + out] + list(red + out)
+  red, out = _axes(dims.reduction_axis), _axes(dims.output_axis)
+  batch = [a for a in range(x.ndim) if a not in red + out]
+  perm = batch + list(red + out)
   size = lambda ax: math.prod(x.shape[a] for a in ax)
-  y = x.transpose(perm).reshape(size(perm[:x.ndim - len(red + out)]), size(red), size(out))
+  y = x.transpose(perm).reshape(size(batch), size(red), size(out))
   return newton_schulz(y, steps).reshape([x.shape[a] for a in perm]).transpose(np.argsort(perm))
 
 

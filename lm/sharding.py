@@ -112,6 +112,12 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(("data", "fsdp")))
 
 
+def abstract_batch(shapes, mesh):
+  """Batch ShapeDtypeStructs placed as global_batch places real rows: for compiling without data."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -1,8 +1,8 @@
 """The train state and the one train step every objective shares: loss -> grads -> optimizer update.
 
 `make_train_step` is pure; `jit_train_step` is the one way it is compiled (training, dry run, benchmarks):
-donated state, in/out shardings, the CPU compiler options. `abstract_state` / `abstract_batch` describe a run's
-state and batch without allocating them (the dry run, and the train loop's compile ahead of the params).
+donated state, in/out shardings, the CPU compiler options. `abstract_state` describes a run's state without
+allocating it (the dry run, and the train loop's compile ahead of the params).
 """
 import concurrent.futures
 
@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lm import checkpoint as ckpt_lib
 from lm import cpu
 from lm import lora
 from lm import sharding
@@ -36,8 +37,7 @@ def init_state(setup, optimizer, params, seed: int) -> TrainState:
   """Fresh, sharded train state around `params` (already placed): moments for the trainable params (all but a
   LoRA base, lm/lora.py), sharded like them, step 0."""
   trainable = lora.split(params)[0]
-  p_shard = jax.tree.map(lambda x: x.sharding, trainable)
-  opt_shard = sharding.opt_state_shardings(optimizer, trainable, p_shard, setup.mesh)
+  opt_shard = sharding.opt_state_shardings(optimizer, trainable, shardings(trainable), setup.mesh)
   opt_state = jax.jit(optimizer.init, out_shardings=opt_shard)(trainable)
   rep = sharding.replicated(setup.mesh)
   return TrainState(params=params, opt_state=opt_state, step=jax.device_put(jnp.zeros((), jnp.int32), rep),
@@ -52,26 +52,14 @@ def abstract_state(setup, objective, optimizer) -> TrainState:
     params = _placed(jax.eval_shape(objective.init_params, jax.random.PRNGKey(0), params), mesh)
   trainable = lora.split(params)[0]
   opt_shard = sharding.opt_state_shardings(optimizer, trainable, shardings(trainable), mesh)
-  opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                     jax.eval_shape(optimizer.init, trainable), opt_shard)
+  opt = ckpt_lib.abstract(jax.eval_shape(optimizer.init, trainable), opt_shard)
   rep = sharding.replicated(mesh)
   return TrainState(params=params, opt_state=opt, step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
                     rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep))
 
 
-def abstract_batch(objective, mesh):
-  """The objective's train batch as ShapeDtypeStructs, sharded over the mesh's batch axes as the loop places it."""
-  bsh = sharding.batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=bsh), objective.batch_shapes())
-
-
 def shardings(tree):
   return jax.tree.map(lambda x: x.sharding, tree)
-
-
-def same_shardings(a, b) -> bool:
-  return jax.tree.structure(a) == jax.tree.structure(b) and all(
-      x.sharding == y.sharding for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def compile_ahead(setup, jitted, *abstract_args) -> concurrent.futures.Future:

@@ -68,7 +68,8 @@ def run(config, workdir: str, allow_config_change: bool = False, hooks=()) -> di
     # picks the executable up.
     abstract = step_lib.abstract_state(setup, objective, optimizer)
     train_step = make_step(step_lib.shardings(abstract))
-    compiling = step_lib.compile_ahead(setup, train_step, abstract, step_lib.abstract_batch(objective, setup.mesh))
+    compiling = step_lib.compile_ahead(setup, train_step, abstract,
+                                       sharding.abstract_batch(objective.batch_shapes(), setup.mesh))
     state = step_lib.init_state(setup, optimizer, initial_params(setup, objective), config.seed)
     state_shardings = step_lib.shardings(state)
     ckpt = run_dir.checkpointer(config.checkpoint.keep)
@@ -79,7 +80,7 @@ def run(config, workdir: str, allow_config_change: bool = False, hooks=()) -> di
       if hook.ahead is not None:
         hook.ahead(abstract)
     compiling.result()  # its errors (a config the step cannot trace, say) surface here
-    if not step_lib.same_shardings(abstract, state):  # a bug in abstract_state; the run is still right
+    if step_lib.shardings(abstract) != state_shardings:  # a bug in abstract_state; the run is still right
       log.warning("the state's shardings differ from abstract_state's; compiling the train step again")
       train_step = make_step(state_shardings)
 

@@ -43,12 +43,14 @@ def test_init_params_at_o1_equal_the_default_compiles(model):
   c = tiny_config()
   c.model.update(model)
   setup = Setup(c)
+  init = lambda options: jax.jit(setup._fresh, out_shardings=setup.param_shardings(),
+                                 compiler_options=options)(jax.random.PRNGKey(3))
   with setup.use():
-    fast = setup.init_params(jax.random.PRNGKey(3))
-    default = jax.jit(setup._fresh, out_shardings=setup.param_shardings())(jax.random.PRNGKey(3))
+    default, at_o1, used = init(None), init(cpu.INIT_COMPILER_OPTIONS), setup.init_params(jax.random.PRNGKey(3))
   assert cpu.init_compiler_options() == cpu.INIT_COMPILER_OPTIONS
-  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(default), strict=True):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for params in (at_o1, used):
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(default), strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")

@@ -124,13 +124,14 @@ def test_resume_with_dropout_restores_the_rng(tmp_path, shakespeare):
 
 @pytest.mark.parametrize("kind", ["pretrain", "sft", "grpo"])
 def test_train_step_and_evaluation_compile_once_ahead_of_the_params(kind, tmp_path, shakespeare, caplog):
-  """lm/train.py compiles the train step from step.abstract_state while the params initialise, and the evaluation
-  beside it: the loop's own calls must reuse both executables (one lowering each), or that work was wasted."""
+  """lm/train.py compiles the train step from step.abstract_state in a thread while the params initialise, and the
+  evaluation before the first step: the loop's own calls must reuse both executables (one lowering each), or that
+  work was wasted."""
   import logging
 
   import jax
 
-  from lm import evaluate, train
+  from lm import evaluate, hooks, train
   from tests.conftest import tiny_config
   from tests.rl.pg_helpers import pg_config
   from tests.test_sft import sft_config
@@ -138,12 +139,18 @@ def test_train_step_and_evaluation_compile_once_ahead_of_the_params(kind, tmp_pa
   config = {"pretrain": lambda: tiny_config(**short), "sft": lambda: sft_config(tmp_path, **short),
             "grpo": pg_config}[kind]()
   caplog.set_level(logging.WARNING, logger="jax._src.interpreters.pxla")
+  lowered = lambda: [(r.getMessage().split(" with ")[0], r.threadName) for r in caplog.records
+                     if r.getMessage().startswith("Compiling jit(")]
+  after_step_1 = []  # what had been lowered when the first step ended (no evaluation has run yet)
+  first_step = hooks.Hook(lambda info: after_step_1.extend(lowered()) if info.step == 1 else None, at_end=False)
   evaluate._jit_nll_sums.clear_cache()  # an earlier test in this process may have compiled it for this model
   jax.config.update("jax_log_compiles", True)  # globally: a `with` context would not reach the compile thread
   try:
-    train.run(config, str(tmp_path / "run"))
+    train.run(config, str(tmp_path / "run"), hooks=[first_step])
   finally:
     jax.config.update("jax_log_compiles", False)
-  lowered = [r.getMessage().split(" with ")[0] for r in caplog.records if r.getMessage().startswith("Compiling jit(")]
-  assert lowered.count("Compiling jit(step)") == 1, lowered
-  assert lowered.count("Compiling jit(_nll_sums)") == 1, lowered
+  names = [name for name, _ in lowered()]
+  assert names.count("Compiling jit(step)") == 1, names
+  assert names.count("Compiling jit(_nll_sums)") == 1, names
+  assert [t for name, t in lowered() if name == "Compiling jit(step)"][0].startswith("compile_ahead")
+  assert ("Compiling jit(_nll_sums)", "MainThread") in after_step_1, after_step_1
